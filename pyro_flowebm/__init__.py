@@ -1,0 +1,24 @@
+"""pyro_flowebm: energy-based models as exponential tilts of normalizing flows, for Pyro."""
+
+from . import datasets, diagnostics, energy, flows
+from .distribution import FlowEBM
+from .flows import NormflowsTransform, flow_backbone
+from .infer import data_space_nuts, latent_nuts
+from .reparam import FlowEBMReparam
+from .train import fit_backbone
+
+__all__ = [
+    "FlowEBM",
+    "FlowEBMReparam",
+    "NormflowsTransform",
+    "data_space_nuts",
+    "datasets",
+    "diagnostics",
+    "energy",
+    "fit_backbone",
+    "flow_backbone",
+    "flows",
+    "latent_nuts",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,231 @@
+"""FlowEBM: the exponential tilt of a flow as a Pyro distribution, and its latent-space form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+from torch.distributions import constraints
+from torch.distributions.transforms import ComposeTransform
+
+__all__ = ["FlowEBM", "LatentFlowEBM"]
+
+
+def _check_event_shape(value: Tensor, event_shape: torch.Size, what: str = "value") -> None:
+    n = len(event_shape)
+    if value.dim() < n or value.shape[value.dim() - n :] != event_shape:
+        raise ValueError(
+            f"expected {what} with event shape {tuple(event_shape)}, got shape {tuple(value.shape)}"
+        )
+
+
+def _check_standard_normal(base: torch.distributions.Distribution) -> None:
+    inner = base
+    while isinstance(inner, torch.distributions.Independent):
+        inner = inner.base_dist
+    if not (
+        isinstance(inner, torch.distributions.Normal)
+        and bool((inner.loc == 0).all())
+        and bool((inner.scale == 1).all())
+        and base.event_shape == inner.batch_shape[len(inner.batch_shape) - len(base.event_shape) :]
+    ):
+        raise ValueError(
+            "expected the backbone's base distribution to be a standard normal N(0, I) over "
+            f"the event shape (as built by flow_backbone), got {base}"
+        )
+
+
+class FlowEBM(TorchDistribution):
+    r"""An energy-based model as an exponential tilt of a normalizing flow.
+
+    .. math::
+
+        p(x) = q(x)\, e^{-E(x)} / Z, \qquad
+        p(z) \propto \mathcal N(z; 0, I)\, e^{-E(g(z))}, \quad x = g(z),
+
+    where :math:`q` is the flow backbone (see :func:`~pyro_flowebm.flow_backbone`) and
+    :math:`E` an energy network, lower meaning more probable. In the flow's latent space
+    the Jacobian cancels: MCMC sees :math:`U(z) = \tfrac12|z|^2 + E(g(z))`,
+    one forward pass of flow and energy, no log-determinant, no inverse.
+
+    ``log_prob`` is **unnormalized**: it omits :math:`\log Z`. ``sample`` returns draws
+    of the backbone, which follow :math:`q`, not :math:`p`: they are approximate draws of
+    the EBM, exact only when :math:`E` is constant. For exact draws run latent MCMC
+    (:func:`~pyro_flowebm.latent_nuts`, or NUTS through
+    :class:`~pyro_flowebm.FlowEBMReparam` inside a Pyro model).
+
+    Args:
+        backbone: the flow :math:`q(x)`, a
+            :class:`~pyro.distributions.TransformedDistribution` whose base is the
+            standard normal :math:`\mathcal N(0, I)` (see
+            :func:`~pyro_flowebm.flow_backbone`).
+        energy: a callable (usually an ``nn.Module``) mapping points of shape
+            ``(N, *event_shape)`` to energies of shape ``(N,)`` or ``(N, 1)``.
+        validate_args: Pyro's argument and value validation.
+
+    Example:
+        >>> from pyro_flowebm import flow_backbone, flows
+        >>> from pyro_flowebm.energy import MLPEnergy
+        >>> q = flow_backbone(flows.realnvp(2, num_layers=2, hidden=8), event_shape=(2,))
+        >>> ebm = FlowEBM(q, MLPEnergy(2, hidden=8))
+        >>> x = ebm.sample((3,))
+        >>> ebm.log_prob(x).shape
+        torch.Size([3])
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    has_rsample = False
+
+    def __init__(
+        self,
+        backbone: dist.TransformedDistribution,
+        energy: Callable[[Tensor], Tensor],
+        validate_args: bool | None = None,
+    ) -> None:
+        if not isinstance(backbone, torch.distributions.TransformedDistribution):
+            raise TypeError(
+                "expected backbone to be a pyro.distributions.TransformedDistribution "
+                f"(see pyro_flowebm.flow_backbone), got {type(backbone).__name__}"
+            )
+        if not callable(energy):
+            raise TypeError(f"expected a callable energy, got {type(energy).__name__}")
+        _check_standard_normal(backbone.base_dist)
+        self.backbone = backbone
+        self.energy = energy
+        super().__init__(backbone.batch_shape, backbone.event_shape, validate_args=validate_args)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.backbone.support
+
+    @property
+    def base_dist(self) -> TorchDistribution:
+        """The latent distribution :math:`\\mathcal N(0, I)` of the backbone."""
+        return self.backbone.base_dist
+
+    @property
+    def transform(self) -> ComposeTransform:
+        """The backbone's bijection :math:`g: z \\mapsto x`."""
+        return ComposeTransform(self.backbone.transforms)
+
+    def expand(self, batch_shape: torch.Size, _instance: FlowEBM | None = None) -> FlowEBM:
+        new = self._get_checked_instance(FlowEBM, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.backbone = self.backbone.expand(batch_shape)
+        new.energy = self.energy
+        super(FlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def energy_of(self, x: Tensor) -> Tensor:
+        """:math:`E(x)` for ``x`` of shape ``(..., *event_shape)``; returns shape ``(...)``.
+
+        Leading dimensions are flattened for the energy network and restored.
+        """
+        _check_event_shape(x, self.event_shape, "x")
+        batch_shape = x.shape[: x.dim() - len(self.event_shape)]
+        flat = x.reshape(-1, *self.event_shape)
+        e = self.energy(flat)
+        if e.shape not in ((flat.shape[0],), (flat.shape[0], 1)):
+            raise ValueError(
+                f"expected the energy to return shape ({flat.shape[0]},) or "
+                f"({flat.shape[0]}, 1) for points of shape {tuple(flat.shape)}, "
+                f"got {tuple(e.shape)}"
+            )
+        return e.reshape(batch_shape)
+
+    def _validate_value(self, value: Tensor) -> None:
+        _check_event_shape(value, self.event_shape)
+        if not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f"expected finite values, got {bad} non-finite entries (nan or inf) "
+                f"in a value of shape {tuple(value.shape)}"
+            )
+        self._validate_sample(value)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r"""Unnormalized log density :math:`\log q(x) - E(x)`; omits :math:`\log Z`."""
+        if self._validate_args:
+            self._validate_value(value)
+        return self.backbone.log_prob(value) - self.energy_of(value)
+
+    def latent_potential(self, z: Tensor) -> Tensor:
+        r"""The potential MCMC sees in latent space, :math:`U(z) = \tfrac12|z|^2 + E(g(z))`.
+
+        No log-determinant: in latent space the Jacobian cancels, and
+        :math:`U(z) = -\log p(x) - \log|\det \partial g/\partial z| + \text{const}`
+        with :math:`x = g(z)`. Non-finite values are returned as they are (NUTS counts
+        them as divergences), not raised.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.energy import MLPEnergy
+            >>> q = flow_backbone(flows.realnvp(2, 2, 8), event_shape=(2,))
+            >>> ebm = FlowEBM(q, MLPEnergy(2, 8))  # E = 0 at initialization
+            >>> ebm.latent_potential(torch.tensor([3.0, 4.0]))
+            tensor(12.5000, grad_fn=<AddBackward0>)
+        """
+        _check_event_shape(z, self.event_shape, "z")
+        half_sq_norm = 0.5 * z.pow(2).reshape(*z.shape[: z.dim() - len(self.event_shape)], -1)
+        return half_sq_norm.sum(-1) + self.energy_of(self.transform(z))
+
+    def latent_log_prob(self, z: Tensor) -> Tensor:
+        r"""Unnormalized latent log density, :math:`-U(z) = -\tfrac12|z|^2 - E(g(z))`."""
+        return -self.latent_potential(z)
+
+    def latent(self) -> LatentFlowEBM:
+        """This model as a distribution over the flow's latent variable ``z``."""
+        return LatentFlowEBM(self)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Draws of the backbone :math:`q`: approximate draws of the EBM (see class docs)."""
+        return self.backbone.sample(sample_shape)
+
+
+class LatentFlowEBM(TorchDistribution):
+    r"""A :class:`FlowEBM` in its flow's latent space: :math:`p(z) \propto
+    \mathcal N(z; 0, I)\, e^{-E(g(z))}`.
+
+    ``log_prob`` is unnormalized; ``sample`` returns base draws, approximate as for
+    :meth:`FlowEBM.sample`. This is the site distribution that
+    :class:`~pyro_flowebm.FlowEBMReparam` puts in a model.
+
+    Example:
+        >>> from pyro_flowebm import flow_backbone, flows
+        >>> from pyro_flowebm.energy import MLPEnergy
+        >>> q = flow_backbone(flows.realnvp(2, 2, 8), event_shape=(2,))
+        >>> latent = FlowEBM(q, MLPEnergy(2, 8)).latent()
+        >>> latent.log_prob(latent.sample((3,))).shape
+        torch.Size([3])
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    has_rsample = False
+
+    def __init__(self, ebm: FlowEBM, validate_args: bool | None = None) -> None:
+        self.ebm = ebm
+        super().__init__(ebm.batch_shape, ebm.event_shape, validate_args=validate_args)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.ebm.base_dist.support
+
+    def expand(
+        self, batch_shape: torch.Size, _instance: LatentFlowEBM | None = None
+    ) -> LatentFlowEBM:
+        new = self._get_checked_instance(LatentFlowEBM, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.ebm = self.ebm.expand(batch_shape)
+        super(LatentFlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.ebm.latent_log_prob(value)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.ebm.base_dist.sample(sample_shape)

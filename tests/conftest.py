@@ -1,0 +1,89 @@
+"""Shared fixtures: float64 by default, a fixed seed per test, and small exact models."""
+
+from __future__ import annotations
+
+import normflows as nf
+import pyro
+import pytest
+import torch
+from torch import Tensor, nn
+
+from pyro_flowebm import FlowEBM, NormflowsTransform, flow_backbone
+
+
+@pytest.fixture(autouse=True)
+def float64_and_seed():
+    """Tests run in float64 with a fixed seed unless they say otherwise."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    yield
+    torch.set_default_dtype(dtype)
+
+
+class QuadraticEnergy(nn.Module):
+    """E(x) = 0.5 (x - m)^T A (x - m)."""
+
+    def __init__(self, m: Tensor, A: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("m", m)
+        self.register_buffer("A", A)
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = x - self.m
+        return 0.5 * torch.einsum("...i,ij,...j->...", d, self.A, d)
+
+
+class GaussianCase:
+    """A Gaussian backbone N(t, diag(exp(2 s))) tilted by a quadratic energy: a Gaussian.
+
+    Precision P = S^-1 + A, mean mu = P^-1 (S^-1 t + A m).
+    """
+
+    def __init__(self) -> None:
+        layer = nf.flows.AffineConstFlow((2,))
+        with torch.no_grad():
+            layer.s.copy_(torch.tensor([[0.3, -0.4]]))
+            layer.t.copy_(torch.tensor([[1.0, -2.0]]))
+        self.transform = NormflowsTransform([layer], event_shape=(2,))
+        self.backbone = flow_backbone(self.transform, (2,))
+        m = torch.tensor([0.5, 0.5])
+        A = torch.tensor([[2.0, 0.6], [0.6, 1.0]])
+        self.energy = QuadraticEnergy(m, A)
+        self.ebm = FlowEBM(self.backbone, self.energy)
+        s_inv = torch.diag(torch.exp(-2 * layer.s.detach()[0]))
+        precision = s_inv + A
+        self.cov = torch.linalg.inv(precision)
+        self.mean = self.cov @ (s_inv @ layer.t.detach()[0] + A @ m)
+
+    def analytic(self) -> torch.distributions.MultivariateNormal:
+        return torch.distributions.MultivariateNormal(self.mean, self.cov)
+
+
+@pytest.fixture
+def gaussian_case() -> GaussianCase:
+    return GaussianCase()
+
+
+# The two-sided 99% normal quantile: a z-test at p = 0.01.
+Z99 = 2.5758
+
+
+def mcse_z_scores(draws: Tensor, mean: Tensor, cov: Tensor) -> dict[str, Tensor]:
+    """|estimate - truth| / MCSE for the mean and the variance of each coordinate.
+
+    ``draws`` has shape (chain, draw, d). The variance is tested as the mean of
+    (x - mean)^2 against diag(cov); MCSEs come from ArviZ (effective sample size aware).
+    """
+    from pyro_flowebm import diagnostics
+
+    centred_sq = (draws - mean) ** 2
+    idata = diagnostics.to_inference_data({"m": draws, "v": centred_sq})
+    mcse = diagnostics.az.mcse(idata, method="mean")
+    mcse_m = torch.as_tensor(mcse["m"].values)
+    mcse_v = torch.as_tensor(mcse["v"].values)
+    return {
+        "mean": (draws.mean((0, 1)) - mean).abs() / mcse_m,
+        "variance": (centred_sq.mean((0, 1)) - torch.diagonal(cov)).abs() / mcse_v,
+    }

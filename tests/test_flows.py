@@ -1,0 +1,204 @@
+"""The normflows adapter: log-determinants, inverses, shapes, dtypes, caching, errors."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import normflows as nf
+import pytest
+import torch
+from torch import nn
+
+from pyro_flowebm import NormflowsTransform, fit_backbone, flow_backbone, flows
+
+PRESETS = {
+    "realnvp-2d": lambda: flows.realnvp(2, num_layers=4, hidden=16),
+    "realnvp-3d": lambda: flows.realnvp(3, num_layers=3, hidden=16),
+    "spline-2d": lambda: flows.neural_spline(2, num_layers=2, hidden=16),
+    "spline-3d": lambda: flows.neural_spline(3, num_layers=2, hidden=16),
+}
+
+
+def randomized(make):
+    """A preset with random weights: presets start as the identity, which tests nothing."""
+    t = make()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return t
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_log_det_equals_slogdet_of_autograd_jacobian(name):
+    t = randomized(PRESETS[name])
+    d = t.event_shape[0]
+    z = 1.5 * torch.randn(6, d)
+    x = t(z)
+    log_det = t.log_abs_det_jacobian(z, x)
+    for i in range(len(z)):
+        jac = torch.autograd.functional.jacobian(lambda v: t(v), z[i])
+        assert jac.shape == (d, d)
+        sign, logabs = torch.linalg.slogdet(jac)
+        assert sign != 0
+        torch.testing.assert_close(log_det[i], logabs, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_inverse_round_trip_and_inverse_log_det(name):
+    t = randomized(PRESETS[name])
+    z = 1.5 * torch.randn(50, t.event_shape[0])
+    x = t(z)
+    z_back = t.inv(x)
+    torch.testing.assert_close(z_back, z, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        t.inv.log_abs_det_jacobian(x, z_back), -t.log_abs_det_jacobian(z, x), atol=1e-6, rtol=0
+    )
+
+
+@pytest.mark.parametrize("sample_shape", [(), (5,), (3, 4)])
+def test_leading_shapes_are_flattened_and_restored(sample_shape):
+    t = randomized(PRESETS["realnvp-2d"])
+    q = flow_backbone(t, (2,))
+    x = q.sample(sample_shape)
+    assert x.shape == (*sample_shape, 2)
+    assert q.log_prob(x).shape == sample_shape
+    z = torch.randn(*sample_shape, 2)
+    x = t(z)
+    assert x.shape == z.shape
+    assert t.log_abs_det_jacobian(z, x).shape == sample_shape
+    # Each point is mapped on its own: the batched result equals the point-by-point one.
+    flat = t(z.reshape(-1, 2))
+    torch.testing.assert_close(x.reshape(-1, 2), flat)
+
+
+def test_log_det_has_the_input_dtype():
+    # Permute builds its log-det as float32 on the CPU whatever the input; the adapter must
+    # not, and must not add it in place into a float32 accumulator either.
+    # One float32 module serves both dtypes: its elementwise scale promotes a float64 input.
+    t = NormflowsTransform(
+        [nf.flows.Permute(2, mode="swap"), nf.flows.AffineConstFlow((2,))], event_shape=(2,)
+    ).float()
+    with torch.no_grad():
+        t.layers[1].s.fill_(0.1)
+    for dtype in (torch.float32, torch.float64):
+        z = torch.randn(4, 2, dtype=dtype)
+        x = t(z)
+        log_det = t.log_abs_det_jacobian(z, x)
+        assert x.dtype == dtype and log_det.dtype == dtype
+        torch.testing.assert_close(log_det, torch.full((4,), 0.2, dtype=dtype))
+    for make in (PRESETS["realnvp-2d"], PRESETS["spline-2d"]):
+        t32 = make().float()
+        z = torch.randn(3, 2, dtype=torch.float32)
+        assert t32.log_abs_det_jacobian(z, t32(z)).dtype == torch.float32
+        t64 = make().double()
+        z = torch.randn(3, 2, dtype=torch.float64)
+        assert t64.log_abs_det_jacobian(z, t64(z)).dtype == torch.float64
+
+
+def test_cache_reuses_the_forward_pass():
+    t = NormflowsTransform(randomized(PRESETS["realnvp-2d"]).layers, (2,), cache_size=1)
+    z = torch.randn(5, 2)
+    x = t(z)
+    assert t(z) is x
+    assert t.inv(x) is z
+    calls = []
+    handle = t.layers[0].register_forward_hook(lambda *args: calls.append(1))
+    log_det = t.log_abs_det_jacobian(z, x)
+    assert calls == []  # served from the cache
+    fresh = torch.randn(5, 2)
+    t.log_abs_det_jacobian(fresh, x)
+    assert calls == [1]  # a pair it has not seen is recomputed
+    handle.remove()
+    torch.testing.assert_close(log_det, t.forward_and_log_det(z)[1])
+
+
+def test_parameters_are_trainable_through_the_backbone():
+    t = randomized(PRESETS["realnvp-2d"])
+    q = flow_backbone(t, (2,))
+    q.log_prob(torch.randn(16, 2)).sum().backward()
+    for name, p in t.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_matches_normflows_own_log_prob():
+    layers = list(randomized(PRESETS["realnvp-2d"]).layers)
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), layers)
+    model.double()
+    q = flow_backbone(NormflowsTransform(model, (2,)), (2,))
+    x = 2 * torch.randn(20, 2)
+    torch.testing.assert_close(q.log_prob(x), model.log_prob(x))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: nf.flows.MetropolisHastings(
+            nf.distributions.DiagGaussian(2), nf.distributions.DiagGaussianProposal((2,), 0.1), 5
+        ),
+        lambda: nf.flows.HamiltonianMonteCarlo(
+            nf.distributions.DiagGaussian(2), 5, torch.zeros(2), torch.zeros(2)
+        ),
+    ],
+    ids=["MetropolisHastings", "HamiltonianMonteCarlo"],
+)
+def test_stochastic_layers_are_refused(layer):
+    with pytest.raises(TypeError, match="expected bijective normflows layers, got .* position 1"):
+        NormflowsTransform([nf.flows.Permute(2, mode="swap"), layer()], (2,))
+
+
+def test_bad_layers_and_values_are_refused():
+    with pytest.raises(TypeError, match="expected normflows.flows.Flow layers, got Linear"):
+        NormflowsTransform([nn.Linear(2, 2)], (2,))
+    with pytest.raises(ValueError, match="at least one"):
+        NormflowsTransform([], (2,))
+    t = flows.realnvp(2, 2, 8)
+    with pytest.raises(ValueError, match=r"expected a value with event shape \(2,\), got shape"):
+        t(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"expected event_shape \(2,\)"):
+        flow_backbone(t, (3,))
+    with pytest.raises(ValueError, match="expected dim >= 2"):
+        flows.realnvp(1)
+
+
+def test_save_load_and_pickle_round_trips():
+    t = randomized(PRESETS["spline-2d"])
+    z = torch.randn(10, 2)
+    x = t(z)  # leaves a graph-carrying cache behind, which must not be pickled
+    buffer = io.BytesIO()
+    torch.save(t, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded(z), x, atol=0, rtol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(t))(z), x, atol=0, rtol=0)
+    state = flows.neural_spline(2, num_layers=2, hidden=16)
+    state.load_state_dict(t.state_dict())
+    torch.testing.assert_close(state(z), x, atol=0, rtol=0)
+
+
+def test_fit_backbone_learns_a_shifted_scaled_gaussian():
+    # Truth N((3, -1), diag(0.25, 4)): the fitted flow's mean and sd must come close,
+    # within a tolerance far above the Monte Carlo error of 4000 draws (~0.03 sd).
+    data = torch.randn(2000, 2) * torch.tensor([0.5, 2.0]) + torch.tensor([3.0, -1.0])
+    q = flow_backbone(flows.realnvp(2, num_layers=2, hidden=16), (2,))
+    losses = fit_backbone(q, data, steps=600, lr=1e-2, progress=False)
+    assert len(losses) == 600
+    with torch.no_grad():
+        x = q.sample((4000,))
+    torch.testing.assert_close(x.mean(0), torch.tensor([3.0, -1.0]), atol=0.15, rtol=0)
+    torch.testing.assert_close(x.std(0), torch.tensor([0.5, 2.0]), atol=0, rtol=0.1)
+    # The true density's expected NLL is log(2 pi) + log(0.5 * 2) + 1 = 2.838.
+    assert sum(losses[-50:]) / 50 < 2.838 + 0.1
+
+
+def test_fit_backbone_refuses_bad_data():
+    q = flow_backbone(flows.realnvp(2, 2, 8), (2,))
+    bad = torch.randn(10, 2)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="expected finite data, got 1 non-finite"):
+        fit_backbone(q, bad, steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"expected data of shape \(n, 2\), got \(10, 3\)"):
+        fit_backbone(q, torch.randn(10, 3), steps=1, progress=False)
+    with pytest.raises(ValueError, match="at least one data point"):
+        fit_backbone(q, torch.randn(0, 2), steps=1, progress=False)
