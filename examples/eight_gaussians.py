@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> dict:
         plot_chains(
             idata,
             data=data[:1000],
-            log_density=lambda x: ebm.log_prob(torch.as_tensor(x)).detach(),
+            log_density=ebm.log_prob,
             ax=ax,
+            extent=(-5.5, 5.5, -5.5, 5.5),
             title=f"{name}-space NUTS: mode R-hat {s.mode_rhat:.3g}, "
             f"{s.total_transitions} mode switches",
         )

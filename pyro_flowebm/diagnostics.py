@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 with warnings.catch_warnings():
     # ArviZ 0.23 warns once per day on import that 1.x is coming (FutureWarning). It is
@@ -171,7 +172,11 @@ def to_inference_data(
     if stats:
         kwargs["sample_stats"] = stats
         kwargs["sample_stats_attrs"] = dict(safe)
-    return az.from_dict(posterior=post, dims=dims, attrs=dict(safe), index_origin=0, **kwargs)
+    with warnings.catch_warnings():
+        # ArviZ warns when chains outnumber draws, guessing the axes may be swapped; ours
+        # are explicit (chain, draw), and many short chains are this library's normal case.
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        return az.from_dict(posterior=post, dims=dims, attrs=dict(safe), index_origin=0, **kwargs)
 
 
 def assign_modes(x: ArrayLike, modes: ArrayLike) -> np.ndarray:
@@ -418,32 +423,16 @@ def mixing_summary(
     )
 
 
-def _eval_log_density(log_density: Callable[[Any], Any], points: np.ndarray) -> np.ndarray:
-    """Evaluate a numpy- or torch-based log density on points of shape (m, 2)."""
-    attempts: list[Callable[[], Any]] = [lambda: log_density(points)]
-    dtypes = dict.fromkeys([torch.get_default_dtype(), torch.float32, torch.float64])
-    for dtype in dtypes:
-        attempts.append(lambda dtype=dtype: log_density(torch.from_numpy(points).to(dtype)))
-    error: Exception | None = None
-    for attempt in attempts:
-        try:
-            with torch.no_grad():
-                result = _to_numpy(attempt()).astype(np.float64)
-        except (TypeError, AttributeError, RuntimeError) as exc:
-            # A torch module fails on numpy input (or on the wrong float dtype), a numpy
-            # function may fail on tensors: try the next kind of input.
-            error = exc
-            continue
-        if result.size != points.shape[0]:
-            raise ValueError(
-                f"expected log_density to return shape ({points.shape[0]},) for points of "
-                f"shape {points.shape}, got shape {result.shape}"
-            )
-        return result.reshape(-1)
-    raise ValueError(
-        "expected log_density to accept a numpy array or torch tensor of points (m, 2) and "
-        f"return log densities (m,); every attempt failed, the last with: {error!r}"
-    ) from error
+def _eval_log_density(log_density: Callable[[Tensor], Tensor], points: np.ndarray) -> np.ndarray:
+    """Evaluate a torch log density on points of shape (m, 2), without gradients."""
+    with torch.no_grad():
+        result = _to_numpy(log_density(torch.from_numpy(points).to(torch.get_default_dtype())))
+    if result.size != points.shape[0]:
+        raise ValueError(
+            f"expected log_density to return shape ({points.shape[0]},) for points of "
+            f"shape {points.shape}, got shape {result.shape}"
+        )
+    return result.astype(np.float64).reshape(-1)
 
 
 def plot_chains(
@@ -451,7 +440,7 @@ def plot_chains(
     *,
     var_name: str = "x",
     data: ArrayLike | None = None,
-    log_density: Callable[[Any], Any] | None = None,
+    log_density: Callable[[Tensor], Tensor] | None = None,
     ax: Axes | None = None,
     title: str | None = None,
     extent: tuple[float, float, float, float] | None = None,
@@ -459,17 +448,17 @@ def plot_chains(
     """Plot each chain's path of a 2-D variable over data points and a density.
 
     Each chain is one thin line with small points in its own colour (``ax.lines`` holds
-    exactly one line per chain); start points are black-edged stars. Underneath, ``data``
-    is scattered in grey and ``log_density`` is drawn as filled contours of
-    its values within 10 nats of the maximum on a grid over ``extent``.
+    exactly one line per chain); each chain's first kept draw is a black-edged star.
+    Underneath, ``data`` is scattered in grey and ``log_density`` is drawn as filled
+    contours of its values within 10 nats of the maximum on a grid over ``extent``.
 
     Args:
         idata: InferenceData whose posterior holds ``var_name`` of shape (chain, draw, 2).
         var_name: Posterior variable to draw.
         data: Points of shape ``(n, 2)`` (numpy or torch), e.g. the training data.
-        log_density: Callable mapping points ``(m, 2)`` to log densities ``(m,)``; it gets
-            a numpy array first and a torch tensor if that fails. Returned tensors are
-            detached.
+        log_density: Callable mapping a tensor of points ``(m, 2)`` (torch's default
+            dtype) to log densities ``(m,)``, e.g. ``ebm.log_prob``; called without
+            gradients.
         ax: Axes to draw on; a new figure is made when ``None``.
         title: Axes title; default names the variable, chains and draws.
         extent: ``(xmin, xmax, ymin, ymax)``; default is the bounding box of the draws and
@@ -562,7 +551,7 @@ def plot_chains(
         edgecolors="black",
         linewidths=0.8,
         zorder=3,
-        label="start",
+        label="first draw",
     )
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ymin, ymax)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyro.distributions as dist
 import torch
@@ -10,6 +11,9 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.transforms import ComposeTransform
+
+if TYPE_CHECKING:
+    from .infer.kernels import Kernel
 
 __all__ = ["FlowEBM", "LatentFlowEBM"]
 
@@ -181,9 +185,49 @@ class FlowEBM(TorchDistribution):
         """This model as a distribution over the flow's latent variable ``z``."""
         return LatentFlowEBM(self)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        """Draws of the backbone :math:`q`: approximate draws of the EBM (see class docs)."""
-        return self.backbone.sample(sample_shape)
+    def chain_potential(self, z: Tensor) -> Tensor:
+        """:math:`U` summed over the batch shape, for chains ``z`` of shape
+        ``(C, *batch_shape, *event_shape)``; returns shape ``(C,)``, what the vectorized
+        kernels of :mod:`pyro_flowebm.infer` move on."""
+        return self.latent_potential(z).reshape(z.shape[0], -1).sum(-1)
+
+    def sample(
+        self,
+        sample_shape: torch.Size = torch.Size(),
+        mcmc_steps: int = 0,
+        kernel: Kernel | None = None,
+    ) -> Tensor:
+        """Draws of the backbone, optionally corrected by latent MCMC.
+
+        With ``mcmc_steps=0`` these are draws of the backbone :math:`q`: approximate draws
+        of the EBM, exact only when :math:`E` is constant. With ``mcmc_steps=k`` each
+        draw starts from the backbone in latent space and runs ``k`` steps of ``kernel``
+        (default: :class:`~pyro_flowebm.infer.HMC` with 5 leapfrog steps, its step size
+        adapted during the first half), all draws as parallel chains; the result
+        approaches the EBM as ``k`` grows.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.energy import MLPEnergy
+            >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+            >>> ebm.sample((100,), mcmc_steps=20).shape
+            torch.Size([100, 2])
+        """
+        if mcmc_steps < 0:
+            raise ValueError(f"expected mcmc_steps >= 0, got {mcmc_steps}")
+        if mcmc_steps == 0:
+            return self.backbone.sample(sample_shape)
+        from .infer.kernels import HMC
+
+        kernel = kernel if kernel is not None else HMC(step_size=0.2, num_steps=5)
+        sample_shape = torch.Size(sample_shape)
+        z = self.base_dist.sample(sample_shape).reshape(-1, *self.batch_shape, *self.event_shape)
+        state = kernel.init(self.chain_potential, z, warmup_steps=mcmc_steps // 2)
+        for _ in range(mcmc_steps):
+            state, _ = kernel.step(state)
+        with torch.no_grad():
+            x = self.transform(state.position)
+        return x.reshape(sample_shape + self.batch_shape + self.event_shape)
 
 
 class LatentFlowEBM(TorchDistribution):

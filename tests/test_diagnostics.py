@@ -299,7 +299,6 @@ def test_plot_chains_with_data_and_torch_log_density(plt):
     calls = []
 
     def log_density(points: torch.Tensor) -> torch.Tensor:
-        # torch-only: fails on numpy input, must then receive a tensor
         calls.append(type(points))
         sq = ((points[:, None, :] - centres.to(points.dtype)) ** 2).sum(-1)
         return torch.logsumexp(-sq / (2 * SD**2), dim=-1)
@@ -313,14 +312,14 @@ def test_plot_chains_with_data_and_torch_log_density(plt):
     assert len(ax.collections) >= 3  # contours, data, start markers
 
 
-def test_plot_chains_numpy_log_density_and_errors(plt):
+def test_plot_chains_errors(plt):
     rng = np.random.default_rng(11)
     idata = to_inference_data({"x": rng.normal(size=(2, 30, 2)), "v": rng.normal(size=(2, 30, 3))})
-    ax = plot_chains(idata, log_density=lambda p: -0.5 * np.sum(p**2, axis=1))
+    ax = plot_chains(idata, log_density=lambda p: -0.5 * p.pow(2).sum(1))
     assert len(ax.lines) == 2
     with pytest.raises(ValueError, match=r"'v' of shape \(chain, draw, 2\).*\(2, 30, 3\)"):
         plot_chains(idata, var_name="v")
     with pytest.raises(ValueError, match=r"data of shape \(n, 2\)"):
         plot_chains(idata, data=np.zeros((5, 3)))
     with pytest.raises(ValueError, match=r"return shape \(\d+,\)"):
-        plot_chains(idata, log_density=lambda p: np.zeros(3))
+        plot_chains(idata, log_density=lambda p: torch.zeros(3))
