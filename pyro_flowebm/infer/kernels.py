@@ -81,6 +81,8 @@ def value_and_grad(potential_fn: Potential, position: Tensor) -> tuple[Tensor, T
                 f"expected the potential to return shape ({position.shape[0]},) for "
                 f"positions of shape {tuple(position.shape)}, got {tuple(u.shape)}"
             )
+        if not u.requires_grad:  # a potential that does not depend on the position
+            return u.detach(), torch.zeros_like(q)
         (grad,) = torch.autograd.grad(u.sum(), q)
     return u.detach(), grad.detach()
 
