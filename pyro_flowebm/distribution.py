@@ -55,11 +55,12 @@ class FlowEBM(TorchDistribution):
     the Jacobian cancels: MCMC sees :math:`U(z) = \tfrac12|z|^2 + E(g(z))`,
     one forward pass of flow and energy, no log-determinant, no inverse.
 
-    ``log_prob`` is **unnormalized**: it omits :math:`\log Z`. ``sample`` returns draws
+    ``log_prob`` is **unnormalized**: it omits :math:`\log Z`. ``sample()`` returns draws
     of the backbone, which follow :math:`q`, not :math:`p`: they are approximate draws of
-    the EBM, exact only when :math:`E` is constant. For exact draws run latent MCMC
-    (:func:`~pyro_flowebm.latent_nuts`, or NUTS through
-    :class:`~pyro_flowebm.FlowEBMReparam` inside a Pyro model).
+    the EBM, exact only when :math:`E` is constant, unless a latent MCMC correction is
+    asked for (``sample(shape, mcmc_steps=k)``). For chains with diagnostics run latent
+    MCMC (:func:`~pyro_flowebm.infer.run_chains`, :func:`~pyro_flowebm.latent_nuts`, or
+    NUTS through :class:`~pyro_flowebm.FlowEBMReparam` inside a Pyro model).
 
     Args:
         backbone: the flow :math:`q(x)`, a
