@@ -31,7 +31,8 @@ class NormflowsTransform(TransformModule):
     normflows layers accept exactly one batch dimension; this adapter flattens any leading
     sample and batch dimensions to ``(-1, *event_shape)`` and restores them, and returns the
     log-determinant :math:`\log|\det \partial x / \partial z|` in the input's dtype and on
-    its device. The log-determinant of the last call (either direction) is cached, so
+    its device. The log-determinant of the last inverse call (and, with ``cache_size=1``,
+    of the last forward call) is kept, so
     :class:`~pyro.distributions.TransformedDistribution` pays one pass per ``log_prob``.
 
     Args:
@@ -114,7 +115,11 @@ class NormflowsTransform(TransformModule):
 
     def _call(self, z: Tensor) -> Tensor:
         x, log_det = self._run(z, inverse=False)
-        self._cached_log_det = (z, x, log_det)
+        if self._cache_size:
+            # Only a cached (z, x) pair can come back to log_abs_det_jacobian as the same
+            # objects; without Pyro's cache, keeping the log-det would only hold memory
+            # (and break torch.func transforms of the latent potential).
+            self._cached_log_det = (z, x, log_det)
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:

@@ -357,7 +357,9 @@ def _functional_leapfrog_step(
     q = q + eps * inv_mass * p
     grad, (_, u) = torch.func.grad_and_value(total, has_aux=True)(q)
     p = p - 0.5 * eps * grad
-    return q, p, u, grad
+    # Detach: with trainable parameters inside the potential, u would otherwise carry an
+    # autograd graph to them that grows with every step of the chain.
+    return q, p.detach(), u.detach(), grad.detach()
 
 
 class MALA(HMC):
