@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     backbone = flow_backbone(flows.realnvp(2, args.layers, args.hidden), event_shape=(2,))
-    losses = fit_backbone(backbone, data, args.fit_steps, lr=args.lr, progress=progress)
+    losses = fit_backbone(backbone, data, args.fit_steps, lr=args.lr, progress_bar=progress)
     fit_seconds = time.perf_counter() - start
     ebm = FlowEBM(backbone, MLPEnergy(2, hidden=32))
 

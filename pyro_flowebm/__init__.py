@@ -1,7 +1,7 @@
 """pyro_flowebm: energy-based models as exponential tilts of normalizing flows, for Pyro."""
 
 from . import datasets, diagnostics, energy, flows
-from .distribution import FlowEBM
+from .distribution import FlowEBM, LatentFlowEBM
 from .flows import NormflowsTransform, flow_backbone
 from .infer import data_space_nuts, latent_nuts
 from .reparam import FlowEBMReparam
@@ -10,6 +10,7 @@ from .train import fit_backbone
 __all__ = [
     "FlowEBM",
     "FlowEBMReparam",
+    "LatentFlowEBM",
     "NormflowsTransform",
     "data_space_nuts",
     "datasets",

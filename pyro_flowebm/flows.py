@@ -185,12 +185,14 @@ def _check_preset_args(dim: int, num_layers: int, hidden: int) -> None:
 
 
 def realnvp(dim: int, num_layers: int = 8, hidden: int = 64) -> NormflowsTransform:
-    """RealNVP-style affine coupling flow for vectors (Dinh et al., 2017).
+    r"""RealNVP-style affine coupling flow for vectors (Dinh et al., 2017).
 
     Each layer is a normflows ``AffineCouplingBlock`` (the first half of the coordinates
     sets an exponential scale and a shift of the second half) followed by a swap of the
     halves. The coupling networks are two-hidden-layer tanh MLPs whose last layer starts at
-    zero, so a new flow is the identity.
+    zero, so every coupling starts as the identity and a new backbone is exactly
+    :math:`\mathcal N(0, I)` (the flow itself is a permutation of the coordinates when
+    the number of swaps is odd).
 
     Args:
         dim: dimension of the data, at least 2.

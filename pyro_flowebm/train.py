@@ -32,7 +32,7 @@ def fit_backbone(
     *,
     batch_size: int = 256,
     lr: float = 1e-3,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> list[float]:
     r"""Fit a flow backbone to data by maximum likelihood.
 
@@ -48,7 +48,7 @@ def fit_backbone(
         steps: number of optimizer steps.
         batch_size: minibatch size (capped at ``n``).
         lr: Adam's initial learning rate.
-        progress: show a tqdm bar with the running loss.
+        progress_bar: show a tqdm bar with the running loss.
 
     Returns:
         The minibatch negative log-likelihood at each step.
@@ -62,7 +62,7 @@ def fit_backbone(
         >>> from pyro_flowebm import flow_backbone, flows
         >>> q = flow_backbone(flows.realnvp(2, num_layers=2, hidden=8), event_shape=(2,))
         >>> data = torch.randn(500, 2) * 0.5 + 3.0
-        >>> losses = fit_backbone(q, data, steps=200, lr=1e-2, progress=False)
+        >>> losses = fit_backbone(q, data, steps=200, lr=1e-2, progress_bar=False)
         >>> losses[-1] < losses[0]
         True
     """
@@ -77,7 +77,7 @@ def fit_backbone(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     batch_size = min(batch_size, data.shape[0])
     history: list[float] = []
-    with tqdm(range(steps), desc="fit backbone", disable=not progress) as bar:
+    with tqdm(range(steps), desc="fit backbone", disable=not progress_bar) as bar:
         for step in bar:
             idx = torch.randint(data.shape[0], (batch_size,), device=data.device)
             loss = -backbone.log_prob(data[idx]).mean()

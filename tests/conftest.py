@@ -11,6 +11,15 @@ from torch import Tensor, nn
 from pyro_flowebm import FlowEBM, NormflowsTransform, flow_backbone
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The suite's tensors are small: a second intra-op thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def float64_and_seed():
     """Tests run in float64 with a fixed seed unless they say otherwise."""

@@ -21,7 +21,8 @@ PRESETS = {
 
 
 def randomized(make):
-    """A preset with random weights: presets start as the identity, which tests nothing."""
+    """A preset with random weights: RealNVP's couplings start as the identity, which
+    tests nothing, and larger weights exercise the splines' bins too."""
     t = make()
     with torch.no_grad():
         for p in t.parameters():
@@ -182,7 +183,7 @@ def test_fit_backbone_learns_a_shifted_scaled_gaussian():
     # within a tolerance far above the Monte Carlo error of 4000 draws (~0.03 sd).
     data = torch.randn(2000, 2) * torch.tensor([0.5, 2.0]) + torch.tensor([3.0, -1.0])
     q = flow_backbone(flows.realnvp(2, num_layers=2, hidden=16), (2,))
-    losses = fit_backbone(q, data, steps=600, lr=1e-2, progress=False)
+    losses = fit_backbone(q, data, steps=600, lr=1e-2, progress_bar=False)
     assert len(losses) == 600
     with torch.no_grad():
         x = q.sample((4000,))
@@ -197,8 +198,8 @@ def test_fit_backbone_refuses_bad_data():
     bad = torch.randn(10, 2)
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="expected finite data, got 1 non-finite"):
-        fit_backbone(q, bad, steps=1, progress=False)
+        fit_backbone(q, bad, steps=1, progress_bar=False)
     with pytest.raises(ValueError, match=r"expected data of shape \(n, 2\), got \(10, 3\)"):
-        fit_backbone(q, torch.randn(10, 3), steps=1, progress=False)
+        fit_backbone(q, torch.randn(10, 3), steps=1, progress_bar=False)
     with pytest.raises(ValueError, match="at least one data point"):
-        fit_backbone(q, torch.randn(0, 2), steps=1, progress=False)
+        fit_backbone(q, torch.randn(0, 2), steps=1, progress_bar=False)

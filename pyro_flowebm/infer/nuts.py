@@ -199,7 +199,7 @@ def latent_nuts(
         >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
         >>> from pyro_flowebm.energy import MLPEnergy
         >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
-        >>> idata = latent_nuts(ebm, num_samples=20, warmup_steps=20, num_chains=2,
+        >>> idata = latent_nuts(ebm, num_samples=20, warmup_steps=50, num_chains=2,
         ...                     seed=0, progress_bar=False)
         >>> idata.posterior["x"].shape
         (2, 20, 2)
@@ -261,7 +261,7 @@ def data_space_nuts(
         >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
         >>> from pyro_flowebm.energy import MLPEnergy
         >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
-        >>> idata = data_space_nuts(ebm, num_samples=20, warmup_steps=20, num_chains=2,
+        >>> idata = data_space_nuts(ebm, num_samples=20, warmup_steps=50, num_chains=2,
         ...                         seed=0, progress_bar=False)
         >>> idata.posterior["z"].shape
         (2, 20, 2)
