@@ -175,8 +175,12 @@ class FlowEBM(TorchDistribution):
             tensor(12.5000, grad_fn=<AddBackward0>)
         """
         _check_event_shape(z, self.event_shape, "z")
+        return self._potential_at(z, self.transform(z))
+
+    def _potential_at(self, z: Tensor, x: Tensor) -> Tensor:
+        """:math:`U(z)` given :math:`x = g(z)` already computed."""
         half_sq_norm = 0.5 * z.pow(2).reshape(*z.shape[: z.dim() - len(self.event_shape)], -1)
-        return half_sq_norm.sum(-1) + self.energy_of(self.transform(z))
+        return half_sq_norm.sum(-1) + self.energy_of(x)
 
     def latent_log_prob(self, z: Tensor) -> Tensor:
         r"""Unnormalized latent log density, :math:`-U(z) = -\tfrac12|z|^2 - E(g(z))`."""
@@ -253,6 +257,8 @@ class LatentFlowEBM(TorchDistribution):
 
     def __init__(self, ebm: FlowEBM, validate_args: bool | None = None) -> None:
         self.ebm = ebm
+        # (z, g(z)) of the value FlowEBMReparam drew, so log_prob skips a second flow pass.
+        self._pushed: tuple[Tensor, Tensor] | None = None
         super().__init__(ebm.batch_shape, ebm.event_shape, validate_args=validate_args)
 
     @property
@@ -265,11 +271,16 @@ class LatentFlowEBM(TorchDistribution):
         new = self._get_checked_instance(LatentFlowEBM, _instance)
         batch_shape = torch.Size(batch_shape)
         new.ebm = self.ebm.expand(batch_shape)
+        new._pushed = None
         super(LatentFlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
     def log_prob(self, value: Tensor) -> Tensor:
+        pushed = self._pushed
+        if pushed is not None and pushed[0] is value:
+            _check_event_shape(value, self.event_shape, "z")
+            return -self.ebm._potential_at(value, pushed[1])
         return self.ebm.latent_log_prob(value)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:

@@ -66,8 +66,10 @@ class FlowEBMReparam(Reparam):
             )
         transform = fn.transform
         self._transforms[name] = transform
-        z = pyro.sample(f"{name}_latent", self._wrap(fn.latent(), event_dim))
+        latent = fn.latent()
+        z = pyro.sample(f"{name}_latent", self._wrap(latent, event_dim))
         x = transform(z)
+        latent._pushed = (z, x)
         # A pyro.deterministic() site, as in Pyro's own TransformReparam.
         new_fn = dist.Delta(x, event_dim=event_dim).mask(False)
         return {"fn": new_fn, "value": x, "is_observed": True}
