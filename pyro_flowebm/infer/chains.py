@@ -58,7 +58,9 @@ def run_chains(
         ``arviz.InferenceData``: ``posterior`` ``x`` (and ``z`` for a FlowEBM) with dims
         ``(chain, draw, ...)``; ``sample_stats`` ``acceptance_rate``, ``step_size``,
         ``diverging``, ``energy``, ``n_steps`` (gradient evaluations) and ``lp``
-        (:math:`-U`); ``attrs`` with the kernel's settings and the seed.
+        (:math:`-U`); ``attrs`` with the kernel's settings, the seed, what warm-up
+        adapted (``adapted_step_size``, ``adapted_trajectory_length`` for HMC kernels)
+        and ``num_grad_evals``, the gradient evaluations per chain of the whole run.
 
     Example:
         >>> from pyro_flowebm.infer import HMC
@@ -117,9 +119,11 @@ def run_chains(
         n_steps = torch.zeros((num_samples, num_chains), dtype=torch.long, device=device)
         total = warmup_steps + num_samples * thin
         num_divergent = 0
+        grad_evals = 0
         with tqdm(total=total, disable=not progress_bar, desc="warmup") as bar:
             for i in range(total):
                 state, info = kernel.step(state)
+                grad_evals += info.num_grad_evals
                 kept = i - warmup_steps
                 if kept >= 0 and (kept + 1) % thin == 0:
                     j = kept // thin
@@ -155,6 +159,11 @@ def run_chains(
         for k, v in vars(kernel).items()
         if not k.startswith("_") and isinstance(v, bool | int | float | str)
     }
+    # What warm-up settled on, and the whole run's cost, warm-up included.
+    adapted = {"num_grad_evals": grad_evals}
+    if hasattr(kernel, "current_step_size"):
+        adapted["adapted_step_size"] = float(kernel.current_step_size.mean())
+        adapted["adapted_trajectory_length"] = kernel.trajectory_length
     return to_inference_data(
         posterior,
         sample_stats,
@@ -169,5 +178,6 @@ def run_chains(
             "thin": thin,
             "seed": seed,
             **settings,
+            **adapted,
         },
     )
