@@ -1,13 +1,28 @@
-"""Built-in data sets with exact samplers and known modes."""
+"""Built-in 2-D toy data sets with exact samplers, and loading and validation of user data."""
 
 from __future__ import annotations
 
 import math
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["eight_gaussians", "eight_gaussians_modes"]
+__all__ = [
+    "TOYS",
+    "Toy",
+    "eight_gaussians",
+    "eight_gaussians_modes",
+    "load",
+    "load_file",
+    "validate_data",
+]
 
 
 def eight_gaussians_modes(radius: float = 4.0, dtype: torch.dtype | None = None) -> Tensor:
@@ -53,3 +68,431 @@ def eight_gaussians(
     k = torch.randint(8, (n,), generator=generator)
     x = modes[k] + sd * torch.randn(n, 2, generator=generator, dtype=torch.float64)
     return x.to(dtype or torch.get_default_dtype())
+
+
+@dataclass(frozen=True, eq=False)
+class Toy:
+    """A 2-D toy data set: an exact sampler and, where known, its modes and log density.
+
+    Tensors held here (``modes``, ``weights``) are float64 constants; cast them to the
+    dtype of the data they are compared with. ``eq=False``: toys compare by identity, as
+    their tensor fields have no single truth value.
+
+    Attributes:
+        name: key in :data:`TOYS`.
+        description: one line on what the distribution is.
+        sample: ``sample(n, *, generator=None, dtype=None)``, exact draws of shape
+            ``(n, 2)``, in ``dtype`` (default: torch's default dtype).
+        modes: ``(K, 2)`` mode centres of a Gaussian mixture, else ``None``.
+        weights: ``(K,)`` mixture weights summing to 1, else ``None``.
+        sd: standard deviation of the isotropic mixture components, else ``None``.
+        log_prob: exact, normalized log density of points ``(..., 2)``, in their dtype,
+            where it is analytic, else ``None``.
+
+    Example:
+        >>> toy = TOYS["mixture_unequal"]
+        >>> toy.sample(500, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([500, 2])
+        >>> toy.weights.sum().item()
+        1.0
+    """
+
+    name: str
+    description: str
+    sample: Callable[..., Tensor]
+    modes: Tensor | None = None
+    weights: Tensor | None = None
+    sd: float | None = None
+    log_prob: Callable[[Tensor], Tensor] | None = None
+
+
+def _check_n(n: int) -> None:
+    if n < 0:
+        raise ValueError(f"expected n >= 0 points, got {n}")
+
+
+def _out(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    # Samplers compute in float64 so that draws of a seed agree across output dtypes.
+    return x.to(dtype or torch.get_default_dtype())
+
+
+def _categorical(weights: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    # Inverse CDF rather than torch.multinomial, which refuses n = 0.
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    k = torch.searchsorted(weights.cumsum(0), u, right=True)
+    return k.clamp_max(len(weights) - 1)
+
+
+def _mixture_log_prob(modes: Tensor, weights: Tensor, sd: float) -> Callable[[Tensor], Tensor]:
+    def log_prob(x: Tensor) -> Tensor:
+        mix = torch.distributions.Categorical(probs=weights.to(x))
+        comp = torch.distributions.Independent(torch.distributions.Normal(modes.to(x), sd), 1)
+        return torch.distributions.MixtureSameFamily(mix, comp).log_prob(x)
+
+    return log_prob
+
+
+# Eight Gaussians: the existing sampler with its defaults.
+_EIGHT_SD = 0.15
+
+# Mixture with unequal weights: far apart compared with sd (nearest modes 8.5 sd apart).
+_UNEQUAL_MODES = torch.tensor(
+    [[-3.0, 3.0], [3.0, 3.0], [0.0, 0.0], [3.0, -3.0], [-3.0, -3.0]], dtype=torch.float64
+)
+_UNEQUAL_WEIGHTS = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=torch.float64)
+_UNEQUAL_SD = 0.5
+
+
+def _mixture_unequal(
+    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    _check_n(n)
+    k = _categorical(_UNEQUAL_WEIGHTS, n, generator)
+    eps = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return _out(_UNEQUAL_MODES[k] + _UNEQUAL_SD * eps, dtype)
+
+
+# Rings: a point uniform on a circle of radius r_k (k uniform), plus isotropic noise.
+_RING_RADII = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+_RING_SD = 0.1
+
+
+def _rings(
+    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    _check_n(n)
+    k = torch.randint(len(_RING_RADII), (n,), generator=generator)
+    theta = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+    circle = _RING_RADII[k, None] * torch.stack([theta.cos(), theta.sin()], dim=-1)
+    eps = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return _out(circle + _RING_SD * eps, dtype)
+
+
+def _rings_log_prob(x: Tensor) -> Tensor:
+    # Averaging N(x; r u(θ), sd² I) over θ gives exp(-(s² + r²) / 2sd²) I0(s r / sd²) / 2π sd²
+    # with s = |x|; I0(z) = i0e(z) e^z keeps it finite for the large z of thin rings.
+    r = _RING_RADII.to(x)
+    s = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    var = _RING_SD**2
+    log_terms = -((s - r) ** 2) / (2 * var) + torch.special.i0e(s * r / var).log()
+    log_w = -math.log(len(_RING_RADII))
+    return torch.logsumexp(log_terms, dim=-1) + log_w - math.log(2 * math.pi * var)
+
+
+# Two spirals: arm 0 is c(t) = a t (-cos t, sin t), t = 3π sqrt(u); arm 1 is -c(t).
+_SPIRAL_TURNS = 3 * math.pi
+_SPIRAL_SCALE = 4.0 / _SPIRAL_TURNS  # outer end at radius 4
+_SPIRAL_SD = 0.1
+
+
+def _spiral_curve(t: Tensor) -> Tensor:
+    return _SPIRAL_SCALE * t[..., None] * torch.stack([-t.cos(), t.sin()], dim=-1)
+
+
+def _two_spirals(
+    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    _check_n(n)
+    # sqrt(u) makes the draws roughly uniform along the arc, as in FFJORD's "2spirals".
+    t = _SPIRAL_TURNS * torch.rand(n, generator=generator, dtype=torch.float64).sqrt()
+    sign = 1 - 2 * torch.randint(2, (n, 1), generator=generator, dtype=torch.float64)
+    eps = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return _out(sign * _spiral_curve(t) + _SPIRAL_SD * eps, dtype)
+
+
+# Checkerboard: uniform on the 8 "black" cells of a 4 x 4 board of side-2 cells on [-4, 4)².
+_CELL = 2.0
+_BLACK_CELLS = torch.tensor(
+    [[i, j] for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0],
+    dtype=torch.float64,
+)
+
+
+def _checkerboard(
+    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    _check_n(n)
+    k = torch.randint(len(_BLACK_CELLS), (n,), generator=generator)
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    return _out(_CELL * (_BLACK_CELLS[k] + u), dtype)
+
+
+def _checkerboard_log_prob(x: Tensor) -> Tensor:
+    cell = torch.floor(x / _CELL)
+    inside = ((cell >= -2) & (cell <= 1)).all(-1) & (cell.sum(-1) % 2 == 0)
+    area = len(_BLACK_CELLS) * _CELL**2
+    value = torch.full_like(x[..., 0], -math.log(area))
+    return torch.where(inside, value, torch.full_like(value, -math.inf))
+
+
+# Two moons (scikit-learn's make_moons with t uniform), centred and scaled by 2.
+_MOONS_SCALE = 2.0
+_MOONS_SD = 0.1
+
+
+def _two_moons(
+    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    _check_n(n)
+    moon = torch.randint(2, (n, 1), generator=generator, dtype=torch.float64)
+    t = math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+    upper = torch.stack([t.cos() - 0.5, t.sin() - 0.25], dim=-1)
+    # The lower moon is the upper one reflected through the centre (0.5, 0.25).
+    x = _MOONS_SCALE * (1 - 2 * moon) * upper
+    eps = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return _out(x + _MOONS_SD * eps, dtype)
+
+
+# Pinwheel (FFJORD's): 5 arms, each a Gaussian bent by an angle growing with the radius.
+_PINWHEEL_ARMS = 5
+_PINWHEEL_RADIAL_SD = 0.3
+_PINWHEEL_TANGENTIAL_SD = 0.1
+_PINWHEEL_RATE = 0.25
+_PINWHEEL_SCALE = 2.0
+
+
+def _pinwheel(
+    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    _check_n(n)
+    arm = torch.randint(_PINWHEEL_ARMS, (n,), generator=generator, dtype=torch.float64)
+    eps = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    a = 1.0 + _PINWHEEL_RADIAL_SD * eps[:, 0]
+    b = _PINWHEEL_TANGENTIAL_SD * eps[:, 1]
+    angle = 2 * math.pi * arm / _PINWHEEL_ARMS + _PINWHEEL_RATE * a.exp()
+    c, s = angle.cos(), angle.sin()
+    # (a, b) times the rotation [[c, -s], [s, c]] from the right, as in FFJORD.
+    x = torch.stack([a * c + b * s, -a * s + b * c], dim=-1)
+    return _out(_PINWHEEL_SCALE * x, dtype)
+
+
+# Read-only: the registry is shared by every caller.
+TOYS: Mapping[str, Toy] = MappingProxyType(
+    {
+        toy.name: toy
+        for toy in [
+            Toy(
+                "eight_gaussians",
+                "8 equal-weight Gaussians (sd 0.15) on a circle of radius 4, mode k at k·45°",
+                eight_gaussians,
+                modes=eight_gaussians_modes(dtype=torch.float64),
+                weights=torch.full((8,), 1 / 8, dtype=torch.float64),
+                sd=_EIGHT_SD,
+                log_prob=_mixture_log_prob(
+                    eight_gaussians_modes(dtype=torch.float64),
+                    torch.full((8,), 1 / 8, dtype=torch.float64),
+                    _EIGHT_SD,
+                ),
+            ),
+            Toy(
+                "rings",
+                "4 equally likely circles of radii 1-4, uniform angle, Gaussian noise sd 0.1",
+                _rings,
+                log_prob=_rings_log_prob,
+            ),
+            Toy(
+                "two_spirals",
+                "2 interleaved spiral arms (1.5 turns, outer radius 4), x -> -x symmetric, sd 0.1",
+                _two_spirals,
+            ),
+            Toy(
+                "checkerboard",
+                "uniform on the 8 black side-2 squares of a 4 x 4 board on [-4, 4)^2",
+                _checkerboard,
+                log_prob=_checkerboard_log_prob,
+            ),
+            Toy(
+                "two_moons",
+                "2 equally likely interleaved half circles of radius 2, Gaussian noise sd 0.1",
+                _two_moons,
+            ),
+            Toy(
+                "pinwheel",
+                "5 curved arms, invariant under rotation by 72 degrees (FFJORD's pinwheel)",
+                _pinwheel,
+            ),
+            Toy(
+                "mixture_unequal",
+                "5 Gaussians (sd 0.5) with weights 0.4, 0.3, 0.15, 0.1, 0.05",
+                _mixture_unequal,
+                modes=_UNEQUAL_MODES,
+                weights=_UNEQUAL_WEIGHTS,
+                sd=_UNEQUAL_SD,
+                log_prob=_mixture_log_prob(_UNEQUAL_MODES, _UNEQUAL_WEIGHTS, _UNEQUAL_SD),
+            ),
+        ]
+    }
+)
+
+
+def validate_data(data: Tensor | np.ndarray, name: str = "data") -> Tensor:
+    """Check that ``data`` is a finite, real, 2-D array of ``n >= 2`` rows and ``d >= 1`` columns.
+
+    Training code calls it to refuse bad data before starting; :func:`load_file` calls it
+    on what it reads.
+
+    Args:
+        data: a tensor or a NumPy array (anything ``numpy.asarray`` accepts).
+        name: what to call the data in error messages, e.g. ``"data in train.csv"``.
+
+    Returns:
+        The data as a tensor: a floating dtype is kept, integers become torch's default
+        dtype.
+
+    Raises:
+        ValueError: non-numeric (including bool or complex), not 2-D, fewer than 2 rows,
+            no columns, or NaN or infinite entries.
+
+    Example:
+        >>> validate_data(torch.zeros(3, 2)).shape
+        torch.Size([3, 2])
+        >>> validate_data(torch.zeros(1, 2))
+        Traceback (most recent call last):
+        ...
+        ValueError: expected data of shape (n, d) with n >= 2 rows, got 1 row (shape (1, 2))
+    """
+    if isinstance(data, Tensor):
+        real = data.dtype != torch.bool and not data.is_complex()
+    else:
+        data = np.asarray(data)
+        real = data.dtype.kind in "fiu"  # float, signed or unsigned integer
+    if not real:
+        raise ValueError(f"expected real numbers in {name}, got dtype {data.dtype}")
+    shape = tuple(data.shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"expected {name} to be 2-D of shape (n, d), got {len(shape)}-D shape {shape}; "
+            "reshape one feature to (n, 1)"
+        )
+    if shape[0] < 2:
+        rows = "1 row" if shape[0] == 1 else f"{shape[0]} rows"
+        raise ValueError(
+            f"expected {name} of shape (n, d) with n >= 2 rows, got {rows} (shape {shape})"
+        )
+    if shape[1] < 1:
+        raise ValueError(f"expected {name} of shape (n, d) with d >= 1 columns, got {shape}")
+    x = torch.as_tensor(data)
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        nan = int(x.isnan().sum())
+        raise ValueError(
+            f"expected finite values in {name}, got {nan} NaN and {int(bad.sum()) - nan} "
+            "infinite entries; drop or impute them first"
+        )
+    return x
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if lines and not any(_is_number(field) for field in lines[0].split(",")):
+        # A first row without any number is a header of column names.
+        header, lines = lines[0].split(","), lines[1:]
+        if not lines:
+            return np.empty((0, len(header)))
+    if not lines:
+        # Not through loadtxt, which warns on an empty input.
+        return np.empty((0, 0))
+    try:
+        return np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64)
+    except ValueError as e:
+        raise ValueError(
+            f"expected comma-separated numbers in {path} (after an optional header row of "
+            f"names), got: {e}"
+        ) from e
+
+
+def load_file(path: str | os.PathLike[str]) -> Tensor:
+    """Load user data of shape ``(n, d)`` from a ``.npy``, ``.pt`` or ``.csv`` file.
+
+    ``.npy`` is read without pickles; ``.pt`` must hold one tensor (read with
+    ``torch.load(weights_only=True)``); ``.csv`` holds comma-separated numbers, one point
+    a row, with an optional first row of column names (a row without any number). The
+    result is checked by :func:`validate_data`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The data, in torch's default dtype.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another extension, unreadable contents, or data that
+            :func:`validate_data` refuses.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = Path(tmp, "d.csv").write_text("x,y\\n0,1\\n2,3\\n")
+        ...     load_file(Path(tmp, "d.csv")).tolist()
+        [[0.0, 1.0], [2.0, 3.0]]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected an existing data file, got {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            data = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"expected a numeric NumPy array in {path}, got: {e}") from e
+    elif suffix == ".pt":
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as e:
+            raise ValueError(f"expected a tensor saved by torch.save in {path}, got: {e}") from e
+        if not isinstance(data, Tensor):
+            raise ValueError(f"expected one tensor in {path}, got {type(data).__name__}")
+    elif suffix == ".csv":
+        data = _read_csv(path)
+    else:
+        raise ValueError(f"expected a .npy, .pt or .csv file, got {path}")
+    return validate_data(data, name=f"data in {path}").to(torch.get_default_dtype())
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    n: int = 1000,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A toy data set by name, or user data from a file.
+
+    A key of :data:`TOYS` gives ``n`` exact draws ``TOYS[name].sample(n, generator=...)``;
+    anything else is a path read whole by :func:`load_file` (``n`` and ``generator`` are
+    then ignored: a file is never subsampled).
+
+    Args:
+        name_or_path: a toy name (``"rings"``, ...) or a ``.npy``, ``.pt`` or ``.csv`` file.
+        n: number of draws of a toy.
+        generator: torch generator for reproducible draws of a toy.
+
+    Returns:
+        Points of shape ``(n, d)`` (``d = 2`` for the toys), in torch's default dtype.
+
+    Raises:
+        ValueError: neither a toy name nor an existing file, or a file that
+            :func:`load_file` refuses.
+
+    Example:
+        >>> load("two_moons", 256, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([256, 2])
+    """
+    if isinstance(name_or_path, str) and name_or_path in TOYS:
+        return TOYS[name_or_path].sample(n, generator=generator)
+    if Path(name_or_path).is_file():
+        return load_file(name_or_path)
+    raise ValueError(
+        f"expected a toy data set name (one of {', '.join(sorted(TOYS))}) or an existing "
+        f".npy, .pt or .csv file, got {str(name_or_path)!r}"
+    )
