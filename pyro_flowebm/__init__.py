@@ -1,6 +1,6 @@
 """pyro_flowebm: energy-based models as exponential tilts of normalizing flows, for Pyro."""
 
-from . import datasets, diagnostics, energy, flows
+from . import datasets, diagnostics, energy, evaluate, flows
 from .distribution import FlowEBM, LatentFlowEBM
 from .flows import NormflowsTransform, flow_backbone
 from .infer import data_space_nuts, latent_nuts
@@ -16,6 +16,7 @@ __all__ = [
     "datasets",
     "diagnostics",
     "energy",
+    "evaluate",
     "fit_backbone",
     "flow_backbone",
     "flows",
