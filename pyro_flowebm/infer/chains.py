@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..diagnostics import to_inference_data
 from ..distribution import FlowEBM
 from .kernels import Kernel
-from .nuts import _seeded
+from .nuts import _check_counts, _check_init, _seeded
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -70,14 +70,12 @@ def run_chains(
         >>> idata.posterior["x"].shape
         (64, 50, 2)
     """
-    for name, value, low in [
-        ("num_chains", num_chains, 1),
-        ("num_samples", num_samples, 1),
-        ("warmup_steps", warmup_steps, 0),
-        ("thin", thin, 1),
-    ]:
-        if value < low:
-            raise ValueError(f"expected {name} >= {low}, got {value}")
+    _check_counts(
+        num_chains=(num_chains, 1),
+        num_samples=(num_samples, 1),
+        warmup_steps=(warmup_steps, 0),
+        thin=(thin, 1),
+    )
     if not isinstance(kernel, Kernel):
         raise TypeError(f"expected a pyro_flowebm.infer kernel, got {type(kernel).__name__}")
     ebm = target if isinstance(target, FlowEBM) else None
@@ -91,17 +89,14 @@ def run_chains(
     with _seeded(seed, device):
         if init is None:
             init = ebm.base_dist.sample((num_chains,))
-        if init.dim() < 1 or init.shape[0] != num_chains:
+        if ebm is not None:
+            _check_init(init, ebm, num_chains, "init")
+        elif init.dim() < 1 or init.shape[0] != num_chains:
             raise ValueError(
                 f"expected init with {num_chains} chains in its first dimension, "
                 f"got shape {tuple(init.shape)}"
             )
-        if ebm is not None and init.shape[1:] != ebm.batch_shape + ebm.event_shape:
-            raise ValueError(
-                f"expected init of shape {(num_chains, *ebm.batch_shape, *ebm.event_shape)}, "
-                f"got {tuple(init.shape)}"
-            )
-        if not torch.isfinite(init).all():
+        elif not torch.isfinite(init).all():
             raise ValueError("expected finite init, got non-finite entries")
         state = kernel.init(potential_fn, init, warmup_steps)
         bad = ~torch.isfinite(state.potential)

@@ -124,16 +124,19 @@ def _run_nuts(
     return draws, stats
 
 
+def _check_counts(**counts: tuple[int, int]) -> None:
+    """Each keyword is ``name=(value, lowest allowed)``."""
+    for name, (value, low) in counts.items():
+        if value < low:
+            raise ValueError(f"expected {name} >= {low}, got {value}")
+
+
 def _check_args(ebm: FlowEBM, num_samples: int, warmup_steps: int, num_chains: int) -> None:
     if not isinstance(ebm, FlowEBM):
         raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
-    for name, value, low in [
-        ("num_samples", num_samples, 1),
-        ("warmup_steps", warmup_steps, 0),
-        ("num_chains", num_chains, 1),
-    ]:
-        if value < low:
-            raise ValueError(f"expected {name} >= {low}, got {value}")
+    _check_counts(
+        num_samples=(num_samples, 1), warmup_steps=(warmup_steps, 0), num_chains=(num_chains, 1)
+    )
 
 
 def _check_init(init: Tensor, ebm: FlowEBM, num_chains: int, name: str) -> Tensor:
