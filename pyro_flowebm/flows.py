@@ -101,24 +101,28 @@ class NormflowsTransform(TransformModule):
         batch_shape = value.shape[: value.dim() - n]
         return value.reshape(-1, *self.event_shape), batch_shape
 
-    def _run(self, value: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _run(
+        self, value: Tensor, inverse: bool, with_log_det: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         out, batch_shape = self._flat(value)
-        log_det = out.new_zeros(out.shape[0])
+        log_det = out.new_zeros(out.shape[0]) if with_log_det else None
         layers = reversed(self.layers) if inverse else self.layers
         for layer in layers:
             out, ld = layer.inverse(out) if inverse else layer(out)
-            # normflows builds some log-dets without the input's dtype or device, and some
-            # as scalars; bring each to the input's and add out of place.
-            ld = torch.as_tensor(ld).to(dtype=value.dtype, device=value.device)
-            log_det = log_det + ld.reshape(-1).expand(out.shape[0])
-        return out.reshape(*batch_shape, *self.event_shape), log_det.reshape(batch_shape)
+            if with_log_det:
+                # normflows builds some log-dets without the input's dtype or device, and
+                # some as scalars; bring each to the input's and add out of place.
+                ld = torch.as_tensor(ld).to(dtype=value.dtype, device=value.device)
+                log_det = log_det + ld.reshape(-1).expand(out.shape[0])
+        out = out.reshape(*batch_shape, *self.event_shape)
+        return out, log_det.reshape(batch_shape) if with_log_det else None
 
     def _call(self, z: Tensor) -> Tensor:
-        x, log_det = self._run(z, inverse=False)
+        # Only a cached (z, x) pair can come back to log_abs_det_jacobian as the same
+        # objects: without Pyro's cache the log-det is not accumulated at all (the latent
+        # potential never needs it, and keeping it would break torch.func transforms).
+        x, log_det = self._run(z, inverse=False, with_log_det=bool(self._cache_size))
         if self._cache_size:
-            # Only a cached (z, x) pair can come back to log_abs_det_jacobian as the same
-            # objects; without Pyro's cache, keeping the log-det would only hold memory
-            # (and break torch.func transforms of the latent potential).
             self._cached_log_det = (z, x, log_det)
         return x
 
