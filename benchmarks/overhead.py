@@ -57,7 +57,7 @@ from _common import (
 from torch import Tensor
 
 from pyro_flowebm import FlowEBM
-from pyro_flowebm.infer.kernels import HMC, value_and_grad
+from pyro_flowebm.infer.kernels import HMC, _functional_leapfrog_step, value_and_grad
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -168,6 +168,32 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(telling or lines or [''])[-1]}"[:300]
 
 
+def compare_to_eager(
+    run_compiled: Callable[[], None],
+    potential: Callable[[Tensor], Tensor],
+    q: Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Time ``run_compiled`` (``args.iters`` HMC iterations' worth of leapfrog steps)
+    against eager HMC and plain batched gradients, interleaved, and return the ratios."""
+    eager = HMC(args.step_size, args.num_steps, adapt_step_size=False)
+    run_eager, _ = hmc_runner(eager, potential, q, args.iters)
+    run_grads = grad_runner(potential, q, args.iters * args.num_steps)
+    times = time_interleaved(
+        {"compiled": run_compiled, "eager": run_eager, "grad": run_grads}, args.repeats
+    )
+    t = {k: median(v) for k, v in times.items()}
+    return {
+        "status": "ok",
+        "compiled_step_seconds": t["compiled"] / args.iters,
+        "eager_step_seconds": t["eager"] / args.iters,
+        "compiled_over_eager": t["compiled"] / t["eager"],
+        "compiled_over_grad": t["compiled"] / t["grad"],
+        "eager_over_grad": t["eager"] / t["grad"],
+        "chain_steps_per_s": q.shape[0] * args.iters * args.num_steps / t["compiled"],
+    }
+
+
 def compiled_case(
     label: str,
     potential: Callable[[Tensor], Tensor],
@@ -206,23 +232,10 @@ def compiled_case(
         print(f"    {out['status']}; step seconds {[round(s, 3) for s in step_seconds]}")
         return out
 
-    eager = HMC(args.step_size, args.num_steps, adapt_step_size=False)
-    run_eager, _ = hmc_runner(eager, potential, q, args.iters)
     run_compiled, holder = hmc_runner(kernel, potential, q, args.iters)
-    run_grads = grad_runner(potential, q, args.iters * args.num_steps)
-    times = time_interleaved(
-        {"compiled": run_compiled, "eager": run_eager, "grad": run_grads}, args.repeats
-    )
-    t = {k: median(v) for k, v in times.items()}
     out.update(
-        status="ok",
+        compare_to_eager(run_compiled, potential, q, args),
         graphs_compiled=unique_graphs() - graphs_before,
-        compiled_step_seconds=t["compiled"] / args.iters,
-        eager_step_seconds=t["eager"] / args.iters,
-        compiled_over_eager=t["compiled"] / t["eager"],
-        compiled_over_grad=t["compiled"] / t["grad"],
-        eager_over_grad=t["eager"] / t["grad"],
-        chain_steps_per_s=q.shape[0] * args.iters * args.num_steps / t["compiled"],
         accept_rate=float(holder["info"].accept_prob.mean()),
     )
     print(
@@ -241,17 +254,12 @@ def trajectory_case(
     torch._dynamo.reset()
     num_steps, eps = args.num_steps, args.step_size
 
-    def total(x: Tensor) -> tuple[Tensor, Tensor]:
-        u = potential(x)
-        return u.sum(), u
+    inv_mass = torch.ones(q.shape[1:], dtype=q.dtype)
 
     def trajectory(q: Tensor, p: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         u = g.new_zeros(q.shape[0])
         for _ in range(num_steps):
-            p = p - 0.5 * eps * g
-            q = q + eps * p
-            g, (_, u) = torch.func.grad_and_value(total, has_aux=True)(q)
-            p = p - 0.5 * eps * g
+            q, p, u, g = _functional_leapfrog_step(potential, q, p, g, eps, inv_mass)
         return q, p, u, g
 
     print("  C whole trajectory compiled: compiling ...", flush=True)
@@ -278,22 +286,7 @@ def trajectory_case(
         for _ in range(args.iters):
             compiled(q, p, g)
 
-    eager = HMC(args.step_size, args.num_steps, adapt_step_size=False)
-    run_eager, _ = hmc_runner(eager, potential, q, args.iters)
-    run_grads = grad_runner(potential, q, args.iters * args.num_steps)
-    times = time_interleaved(
-        {"trajectory": run_compiled, "eager": run_eager, "grad": run_grads}, args.repeats
-    )
-    t = {k: median(v) for k, v in times.items()}
-    out.update(
-        status="ok",
-        compiled_step_seconds=t["trajectory"] / args.iters,
-        eager_step_seconds=t["eager"] / args.iters,
-        compiled_over_eager=t["trajectory"] / t["eager"],
-        compiled_over_grad=t["trajectory"] / t["grad"],
-        eager_over_grad=t["eager"] / t["grad"],
-        chain_steps_per_s=q.shape[0] * args.iters * num_steps / t["trajectory"],
-    )
+    out.update(compare_to_eager(run_compiled, potential, q, args))
     print(
         f"    compile {out['compile_seconds']:.1f} s, trajectory "
         f"{1e3 * out['compiled_step_seconds']:.1f} ms vs eager HMC step "
