@@ -29,9 +29,10 @@ Potential = Callable[[Tensor], Tensor]
 # the overhead benchmark's potential (RealNVP with tanh coupling nets, 1024 chains, float32,
 # one thread; benchmarks/results/overhead.md): Inductor's CPU code for tanh calls Sleef's
 # tanh, about 6x slower than eager's; the decomposition 2 / (1 + exp(-2x)) - 1 (Inductor's
-# CPU default before PyTorch 2.7) differs from it by float32 rounding in absolute terms and
-# takes the compiled step from 0.85 to 0.56 of the eager one. The C++ wrapper removes the
-# Python launch of each of the step's ~150 kernels: 0.56 -> 0.50.
+# CPU default before PyTorch 2.7) differs from it by float32 rounding in absolute terms, and
+# the C++ wrapper, which launches the step's ~150 kernels without Python, together take the
+# compiled step from 0.80-0.87 to 0.55-0.58 of the eager one (the wrapper's share is about
+# 0.03); the first (compiling) step still takes about 16 s.
 _COMPILE_OPTIONS = {"cpp.use_decompose_tanh": True, "cpp_wrapper": True}
 
 
