@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +34,9 @@ __all__ = [
     "assign_modes",
     "mixing_summary",
     "plot_chains",
+    "read_netcdf",
     "to_inference_data",
+    "write_netcdf",
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -177,6 +181,32 @@ def to_inference_data(
         # are explicit (chain, draw), and many short chains are this library's normal case.
         warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
         return az.from_dict(posterior=post, dims=dims, attrs=dict(safe), index_origin=0, **kwargs)
+
+
+def write_netcdf(idata: az.InferenceData, path: str | os.PathLike[str]) -> None:
+    """Write InferenceData as NetCDF atomically: to a temporary file, then renamed over
+    ``path``, so an interrupted write never leaves half a file.
+
+    Example:
+        >>> import tempfile
+        >>> idata = to_inference_data({"x": np.zeros((2, 3))})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_netcdf(idata, Path(tmp, "draws.nc"))
+        ...     read_netcdf(Path(tmp, "draws.nc")).posterior["x"].shape
+        (2, 3)
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    idata.to_netcdf(str(tmp))
+    os.replace(tmp, path)
+
+
+def read_netcdf(path: str | os.PathLike[str]) -> az.InferenceData:
+    """Read InferenceData written by :func:`write_netcdf` (or ``pyro-flowebm sample``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a NetCDF file of draws, got {path}: no such file")
+    return az.from_netcdf(str(path))  # read eagerly: the file is closed afterwards
 
 
 def assign_modes(x: ArrayLike, modes: ArrayLike) -> np.ndarray:

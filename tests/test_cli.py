@@ -1,0 +1,212 @@
+"""The pyro-flowebm command: exact resume after SIGKILL, divergence, bad input, no overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_flowebm import load_run
+from pyro_flowebm.cli import _TRAIN_FLAGS, main
+from pyro_flowebm.runs import read_metrics
+
+# A small, quick run: the numbers are about the machinery, not the model's quality.
+SMALL = [
+    "--num-data", "400", "--num-heldout", "200", "--backbone-layers", "2",
+    "--backbone-hidden", "8", "--energy-hidden", "16", "--backbone-steps", "30",
+    "--batch-size", "32", "--mcmc-steps", "2", "--leapfrog-steps", "3",
+]  # fmt: skip
+
+
+def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the installed command's module in a fresh process (as a user would)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_flowebm.cli", *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    return {
+        **{f"energy.{k}": v for k, v in checkpoint["energy"].items()},
+        **{f"backbone.{k}": v for k, v in checkpoint["backbone"].items()},
+    }
+
+
+def test_a_run_killed_mid_training_and_resumed_ends_with_the_same_weights(tmp_path):
+    args = ["train", "--data", "two_moons", *SMALL, "--steps", "150", "--checkpoint-every", "10"]
+    args += ["--seed", "3", "--no-progress"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cli(*args, "--out", str(whole), check=True)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyro_flowebm.cli", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        # Kill once the tilt has passed a few checkpoints, well before its end.
+        while time.monotonic() < deadline and process.poll() is None:
+            steps = [m["step"] for m in read_metrics(killed) if m["phase"] == "ebm"]
+            if steps and steps[-1] >= 45:
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    checkpoint = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert checkpoint["phase"] == "ebm" and 40 <= checkpoint["trainer"]["step"] < 150
+
+    resumed = cli(*args, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(whole), weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The metrics log is the uninterrupted one too: no step lost or written twice.
+    assert read_metrics(killed) == read_metrics(whole)
+
+
+def test_a_blow_up_exits_non_zero_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = cli(
+        "train", "--data", "eight_gaussians", "--out", str(out), *SMALL, "--steps", "300",
+        "--lr", "1000", "--energy-reg", "0", "--checkpoint-every", "1", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "training diverged at step" in result.stderr
+    assert "last good checkpoint" in result.stderr
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    step = checkpoint["trainer"]["step"] if checkpoint["phase"] == "ebm" else 0
+    assert step < 300
+    assert all(torch.isfinite(v).all() for v in weights(out).values())
+    ebm = load_run(out)
+    with torch.no_grad():
+        assert torch.isfinite(ebm.log_prob(torch.zeros(3, 2, dtype=torch.float32))).all()
+
+
+def write_bad(path: Path, kind: str) -> Path:
+    if kind == "nan":
+        np.save(path / "bad.npy", np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
+        return path / "bad.npy"
+    if kind == "1-d":
+        np.save(path / "bad.npy", np.arange(5.0))
+        return path / "bad.npy"
+    if kind == "empty":
+        (path / "bad.csv").write_text("x,y\n")
+        return path / "bad.csv"
+    (path / "bad.csv").write_text("x,y\n1.0,2.0\n")
+    return path / "bad.csv"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nan", "expected finite values"),
+        ("1-d", "expected data in .* to be 2-D"),
+        ("empty", "n >= 2 rows, got 0 rows"),
+        ("one row", "n >= 2 rows, got 1 row"),
+    ],
+)
+def test_bad_data_is_refused_in_one_line_before_anything_is_written(tmp_path, kind, message):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(write_bad(tmp_path, kind)), "--out", str(out)])
+    assert code == 2
+    assert not out.exists()
+
+
+def test_bad_data_message_is_one_line(tmp_path):
+    result = cli("train", "--data", str(write_bad(tmp_path, "nan")), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expected finite values" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--data", "rings"],
+        ["train", "--data", "rings", "--out", "x", "--steps", "0"],
+        ["train", "--data", "rings", "--out", "x", "--backbone", "glow"],
+        ["train", "--data", "rings", "--out", "x", "--resume", "--overwrite"],
+        ["train", "--data", "no_such_toy", "--out", "x"],
+        ["sample", "--run", "x", "--out", "y.nc", "--sampler", "gibbs"],
+        ["evaluate"],
+    ],
+)
+def test_bad_arguments_exit_2_with_a_one_line_reason(capsys, args):
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], lines
+
+
+def test_help_is_complete(capsys):
+    helps = {}
+    for command in ("train", "sample", "evaluate"):
+        assert main([command, "--help"]) == 0
+        helps[command] = capsys.readouterr().out
+        assert "usage: pyro-flowebm " + command in helps[command]
+    for flag, *_ in _TRAIN_FLAGS:
+        assert flag in helps["train"]
+    for flag in ("--data", "--out", "--resume", "--overwrite", "--persistent", "--no-progress"):
+        assert flag in helps["train"]
+    for flag in ("--run", "--out", "--num-chains", "--num-samples", "--warmup", "--sampler"):
+        assert flag in helps["sample"]
+    for flag in ("--run", "--data", "--samples", "--num-samples", "--no-plots"):
+        assert flag in helps["evaluate"]
+
+
+def test_an_existing_out_is_never_overwritten_unless_asked(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    base = ["train", "--data", "rings", "--out", str(out), *SMALL, "--steps", "3", "--no-progress"]
+    assert main(base) == 2
+    assert main([*base, "--overwrite"]) == 2  # not a run directory: refused
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+    run = tmp_path / "real"
+    base = ["train", "--data", "rings", "--out", str(run), *SMALL, "--steps", "3", "--no-progress"]
+    assert main(base) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(base) == 2
+    assert main([*base, "--seed", "7", "--resume"]) == 2  # another config: refused
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert main([*base, "--seed", "7", "--overwrite"]) == 0
+    assert json.loads((run / "config.json").read_text())["seed"] == 7
+
+
+def test_sample_and_evaluate_write_their_outputs(tmp_path):
+    run = tmp_path / "run"
+    args = ["--data", "eight_gaussians", "--out", str(run), *SMALL, "--steps", "5"]
+    assert main(["train", *args, "--no-progress"]) == 0
+    draws = run / "samples.nc"
+    sample = ["sample", "--run", str(run), "--out", str(draws), "--num-chains", "16"]
+    sample += ["--num-samples", "10", "--warmup", "10", "--no-progress"]
+    assert main(sample) == 0
+    assert main(sample) == 2  # exists: refused without --overwrite
+    from pyro_flowebm.diagnostics import read_netcdf
+
+    idata = read_netcdf(draws)
+    assert idata.posterior["x"].shape == (16, 10, 2)
+    assert main(["evaluate", "--run", str(run), "--samples", str(draws), "--no-progress"]) == 0
+    report = json.loads((run / "evaluation.json").read_text())
+    assert set(report) == {"backbone", "ebm", "reference"}
+    assert report["reference"]["data"] == "heldout" and report["reference"]["n"] == 200
+    assert {"mmd", "mode_weight_error", "grid_kl"} <= set(report["ebm"])
+    assert (run / "evaluation.png").stat().st_size > 10_000
