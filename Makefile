@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
+# The main job: train the default model on eight Gaussians, sample it, evaluate it; the run
+# directory demo_run/ ends up with the metrics, checkpoint, draws, evaluation and plots.
 demo: $(STAMP)
-	$(BIN)/python examples/eight_gaussians.py --out demo_output
+	$(BIN)/pyro-flowebm train --data eight_gaussians --out demo_run --overwrite
+	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples.nc --overwrite
+	$(BIN)/pyro-flowebm evaluate --run demo_run --samples demo_run/samples.nc
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,4 +32,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_run demo_output .pytest_cache .ruff_cache

@@ -163,7 +163,7 @@ def test_help_is_complete(capsys):
         assert "usage: pyro-flowebm " + command in helps[command]
     for flag, *_ in _TRAIN_FLAGS:
         assert flag in helps["train"]
-    for flag in ("--data", "--out", "--resume", "--overwrite", "--persistent", "--no-progress"):
+    for flag in ("--data", "--out", "--resume", "--overwrite", "--persistent", "--threads"):
         assert flag in helps["train"]
     for flag in ("--run", "--out", "--num-chains", "--num-samples", "--warmup", "--sampler"):
         assert flag in helps["sample"]
