@@ -172,7 +172,16 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    metrics = []
+    for i, line in enumerate(lines):
+        try:
+            metrics.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            # A run killed in the middle of writing its last line; resume writes it again.
+    return metrics
 
 
 def read_data(run_dir: str | os.PathLike[str]) -> tuple[Tensor, Tensor]:

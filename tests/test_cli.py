@@ -210,3 +210,21 @@ def test_sample_and_evaluate_write_their_outputs(tmp_path):
     assert report["reference"]["data"] == "heldout" and report["reference"]["n"] == 200
     assert {"mmd", "mode_weight_error", "grid_kl"} <= set(report["ebm"])
     assert (run / "evaluation.png").stat().st_size > 10_000
+
+
+def test_a_half_written_last_metrics_line_does_not_stop_a_resume(tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "--data", "rings", "--out", str(run), *SMALL, "--steps", "6"]
+    base += ["--checkpoint-every", "3", "--no-progress"]
+    assert main(base) == 0
+    whole = read_metrics(run)
+    # As if killed while writing the last line.
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["trainer"]["step"] == 6
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    assert len(read_metrics(run)) == len(whole) - 1
+    assert main([*base, "--resume"]) == 0  # complete already: nothing to run again
+    # The resume rewrote the log without the broken line.
+    assert (run / "metrics.jsonl").read_text().endswith("}\n")
+    assert read_metrics(run) == whole[:-1]
