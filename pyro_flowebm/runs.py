@@ -68,13 +68,13 @@ class RunConfig:
     energy_hidden: int = 64
     backbone_steps: int = 1000
     backbone_lr: float = 5e-3
-    steps: int = 600
+    steps: int = 1500
     lr: float = 3e-3
     batch_size: int = 256
     mcmc_steps: int = 5
     num_steps: int = 5
     persistent: bool = False
-    independence_moves: int = 2
+    independence_moves: int = 10
     energy_reg: float = 0.1
     finetune_lr: float | None = None
     validate_every: int = 100
