@@ -1,4 +1,4 @@
-"""Mixing diagnostics for MCMC chains: ArviZ conversion, mode coverage and chain plots."""
+"""Mixing diagnostics for MCMC chains: ArviZ conversion, mode coverage, chain plots, the report."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ with warnings.catch_warnings():
     # ArviZ 0.23 warns once per day on import that 1.x is coming (FutureWarning). It is
     # about the library, not about how we call it, and it turns into an import error under
     # `filterwarnings = error` on the first run of the day. Every ArviZ call of the package
-    # lives in this module, so this is the one place that imports ArviZ.
+    # lives in this package (here and in html_report.py, which takes `az` from here), so this
+    # is the one place that imports ArviZ.
     warnings.filterwarnings(
         "ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning
     )
@@ -30,12 +31,19 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "FALSE_CONVERGENCE",
+    "MIXING",
     "MixingSummary",
+    "NOT_MIXING",
+    "Report",
+    "Verdict",
     "assign_modes",
     "mixing_summary",
     "plot_chains",
     "read_netcdf",
+    "report",
     "to_inference_data",
+    "verdict",
     "write_netcdf",
 ]
 
@@ -589,3 +597,15 @@ def plot_chains(
     if n_chains <= 10:
         ax.legend(loc="upper right", fontsize="small")
     return ax
+
+
+# The report builds on everything above; imported last so that it can import those names.
+from .html_report import (  # noqa: E402
+    FALSE_CONVERGENCE,
+    MIXING,
+    NOT_MIXING,
+    Report,
+    Verdict,
+    report,
+    verdict,
+)
