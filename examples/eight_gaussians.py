@@ -4,7 +4,7 @@ Fits a RealNVP backbone to the data by maximum likelihood, tilts it with an MLP 
 (zero at initialization, so the EBM is the fitted flow), and samples the same model with
 Pyro's NUTS twice from the same starting points, one chain in each of four modes: in the
 flow's latent space and in data space. Prints both mixing summaries side by side and saves
-a plot of the chains over the data.
+a plot of the chains over the data and both runs' chains as NetCDF (latent.nc, data.nc).
 
     python examples/eight_gaussians.py --out demo_output
 """
@@ -21,7 +21,7 @@ import torch
 
 from pyro_flowebm import FlowEBM, data_space_nuts, fit_backbone, flow_backbone, flows, latent_nuts
 from pyro_flowebm.datasets import eight_gaussians, eight_gaussians_modes
-from pyro_flowebm.diagnostics import mixing_summary, plot_chains
+from pyro_flowebm.diagnostics import mixing_summary, plot_chains, write_netcdf
 from pyro_flowebm.energy import MLPEnergy
 
 
@@ -134,8 +134,11 @@ def run(args: argparse.Namespace) -> dict:
         "data": summaries["data"].to_dict(),
     }
     (args.out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwrote {plot_path} and {args.out / 'summary.json'}")
-    return {"summaries": summaries, **result}
+    # The chains themselves, for `pyro-flowebm report latent.nc --compare data.nc`.
+    write_netcdf(latent, args.out / "latent.nc")
+    write_netcdf(data_space, args.out / "data.nc")
+    print(f"\nwrote {plot_path}, {args.out / 'summary.json'}, latent.nc and data.nc")
+    return {"summaries": summaries, "idata": {"latent": latent, "data": data_space}, **result}
 
 
 def main(argv: list[str] | None = None) -> None:
