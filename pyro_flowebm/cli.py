@@ -1,4 +1,4 @@
-"""The ``pyro-flowebm`` command: train, sample and evaluate FlowEBMs in run directories."""
+"""The ``pyro-flowebm`` command: train, sample, evaluate and report on runs of FlowEBMs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from .train import TrainingDiverged
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+# `report --strict`: the verdict is not `mixing`.
+EXIT_NOT_MIXING = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,6 +186,37 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="(default: 0)")
     evaluate.add_argument("--no-plots", action="store_true", help="skip evaluation.png")
     _common_flags(evaluate)
+
+    report = commands.add_parser(
+        "report",
+        help="write an HTML mixing report of a run's chains, with a verdict",
+        description="Write one self-contained HTML page (ArviZ summary with flagged cells, "
+        "trace, rank, autocorrelation and energy plots, mode coverage, chains over the data, "
+        "settings and versions) and a Markdown summary beside it whose first line is "
+        "`verdict: mixing`, `verdict: not mixing` or `verdict: false convergence`. Exit code "
+        f"2 on bad input; with --strict, {EXIT_NOT_MIXING} when the verdict is not mixing.",
+    )
+    report.add_argument(
+        "source", type=Path, metavar="RUN_DIR_OR_NETCDF",
+        help="a run directory with samples.nc, or any ArviZ NetCDF file with a posterior",
+    )  # fmt: skip
+    report.add_argument(
+        "--compare", type=Path, default=None, metavar="OTHER",
+        help="a second run or NetCDF file, reported side by side with a comparison verdict",
+    )  # fmt: skip
+    report.add_argument("--out", required=True, type=Path, metavar="FILE.html", help="the page")
+    report.add_argument(
+        "--modes", type=Path, default=None, metavar="FILE",
+        help="known mode centres, a .npy, .csv or .pt file of shape (K, d) (default: the "
+        "modes of a run's built-in mixture)",
+    )  # fmt: skip
+    report.add_argument(
+        "--strict", action="store_true",
+        help=f"exit with code {EXIT_NOT_MIXING} unless the verdict is `mixing`",
+    )  # fmt: skip
+    report.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)"
+    )
     return parser
 
 
@@ -249,6 +282,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file is written; no window is ever opened
+    from .diagnostics import MIXING, report
+
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise _UsageError(f"expected an .html file for --out, got {args.out}")
+    try:
+        result = report(args.source, args.out, compare=args.compare, modes=args.modes)
+    except (FileNotFoundError, ValueError) as e:
+        raise _UsageError(str(e)) from e
+    print(result.verdict)
+    if result.comparison:
+        print(f"comparison: {result.comparison}")
+    print(f"wrote {result.html} and {result.markdown} in {result.seconds:.1f} s")
+    return EXIT_NOT_MIXING if args.strict and result.verdict.label != MIXING else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pyro-flowebm`` with ``argv`` (default: the command line); returns the exit code.
 
@@ -261,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a bad argument already reported in one line
         return int(e.code or 0)
-    command = {"train": _train, "sample": _sample, "evaluate": _evaluate}[args.command]
+    commands = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report}
+    command = commands[args.command]
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(args.threads)
     try:

@@ -459,8 +459,9 @@ def _chains_over_data_html(run: _Run, var_name: str, idata_plot: Any) -> str:
                 ax.scatter(*run.modes.T, marker="x", color="black", s=40, zorder=4, label="modes")
         return axes
 
+    caption = "<p>Panels: " + "; ".join(f"chains {title}" for title, _ in panels) + ".</p>"
     note = "" if data is not None else _note("No training data known: chains drawn alone.")
-    return _plot(draw) + note
+    return _plot(draw) + caption + note
 
 
 def _settings_html(run: _Run) -> str:
