@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pyro_flowebm.datasets import eight_gaussians_modes
+from pyro_flowebm.diagnostics import report
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 SMALL_ARGS = {
@@ -54,6 +57,7 @@ def test_latent_nuts_mixes_where_data_space_nuts_is_trapped(tmp_path):
 
     Latent NUTS: every chain visits all 8 modes and the mode-indicator R-hat is <= 1.05.
     Data-space NUTS on the same model, same starts, same number of draws: R-hat >= 1.5.
+    The mixing report's verdicts say the same of the two InferenceData.
     """
     example = load_example("eight_gaussians.py")
     result = example.run(example.parse_args(["--out", str(tmp_path), "--no-progress"]))
@@ -62,3 +66,12 @@ def test_latent_nuts_mixes_where_data_space_nuts_is_trapped(tmp_path):
     assert latent.mode_rhat <= 1.05
     assert data.mode_rhat >= 1.5
     assert latent.occupancy.shape == data.occupancy.shape == (4, 8)
+
+    idata = result["idata"]
+    verdicts = report(
+        idata["latent"], tmp_path / "report.html", compare=idata["data"],
+        modes=eight_gaussians_modes(),
+    )  # fmt: skip
+    assert verdicts.verdict.label == "mixing", verdicts.verdict.reasons
+    assert verdicts.compare_verdict.label == "not mixing", verdicts.compare_verdict.reasons
+    assert (tmp_path / "latent.nc").is_file() and (tmp_path / "data.nc").is_file()
