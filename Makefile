@@ -15,12 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
-# The main job: train the default model on eight Gaussians, sample it, evaluate it; the run
-# directory demo_run/ ends up with the metrics, checkpoint, draws, evaluation and plots.
+# The main job: train the default model on eight Gaussians, sample it, evaluate it, and report
+# on mixing against data-space HMC from the same start points; demo_run/ ends up with the
+# metrics, checkpoint, draws, evaluation, plots and the report.
 demo: $(STAMP)
 	$(BIN)/pyro-flowebm train --data eight_gaussians --out demo_run --overwrite
-	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples.nc --overwrite
+	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples.nc --overwrite \
+		--num-chains 128 --num-samples 500 --warmup 100
 	$(BIN)/pyro-flowebm evaluate --run demo_run --samples demo_run/samples.nc
+	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples_data.nc --overwrite \
+		--sampler data-hmc --num-chains 64 --num-samples 300 --warmup 100
+	$(BIN)/pyro-flowebm report demo_run --compare demo_run/samples_data.nc \
+		--out demo_run/report.html
 
 test: $(STAMP)
 	$(BIN)/ruff check .

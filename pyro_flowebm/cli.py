@@ -153,9 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--sampler", choices=SAMPLERS, default="hmc-imh",
-        help="hmc-imh: 4 HMC steps then one independence move a cycle; hmc: HMC with 10 "
+        help="hmc-imh: one HMC iteration then three independence moves a cycle; hmc: HMC with 10 "
         "leapfrog steps; chees: HMC with ChEES trajectory length; nuts: Pyro NUTS, one "
-        "chain at a time (slow) (default: hmc-imh)",
+        "chain at a time (slow); data-hmc: HMC in data space from the same start points, "
+        "the baseline (default: hmc-imh)",
     )  # fmt: skip
     sample.add_argument("--seed", type=int, default=0, help="(default: 0)")
     sample.add_argument("--device", default=None, help="torch device (default: the run's)")

@@ -17,6 +17,7 @@ from .diagnostics import read_netcdf
 from .distribution import FlowEBM
 from .evaluate import evaluate_samples
 from .infer import HMC, Cycle, IndependenceMH, latent_nuts, run_chains
+from .infer.nuts import _seeded
 from .runs import _write_text, load_run, read_config, read_data
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Evaluation", "evaluate_run", "plot_overview", "sample_ebm"]
 
-SAMPLERS = ("hmc-imh", "hmc", "chees", "nuts")
+SAMPLERS = ("hmc-imh", "hmc", "chees", "nuts", "data-hmc")
 
 
 def sample_ebm(
@@ -38,19 +39,24 @@ def sample_ebm(
     seed: int | None = 0,
     progress_bar: bool = True,
 ) -> InferenceData:
-    """Sample a FlowEBM in latent space with one of the named sampler presets.
+    r"""Sample a FlowEBM with one of the named sampler presets, in latent space but one.
 
-    - ``"hmc-imh"``: a :class:`~pyro_flowebm.infer.Cycle` of four
-      :class:`~pyro_flowebm.infer.HMC` iterations (5 leapfrog steps, adapted step size)
-      and one :class:`~pyro_flowebm.infer.IndependenceMH` move: local moves within a
-      mode, exact jumps between modes wherever the backbone puts mass.
+    - ``"hmc-imh"``: a :class:`~pyro_flowebm.infer.Cycle` of one
+      :class:`~pyro_flowebm.infer.HMC` iteration (5 leapfrog steps, adapted step size)
+      and three :class:`~pyro_flowebm.infer.IndependenceMH` moves: local moves within a
+      mode, exact jumps between modes wherever the backbone puts mass. On the demo's
+      trained eight-Gaussians model (64 chains, 100 + 800 iterations) this mix gave mode
+      R-hat 1.0095 in 10 s, against 1.036 in 29 s for four HMC iterations and one move.
     - ``"hmc"``: HMC with 10 leapfrog steps and an adapted step size.
     - ``"chees"``: HMC with its trajectory length adapted by ChEES.
     - ``"nuts"``: Pyro's NUTS (:func:`~pyro_flowebm.latent_nuts`), one chain at a time.
+    - ``"data-hmc"``: the baseline, HMC in data space on :math:`E(x) - \log q(x)` (10
+      leapfrog steps, adapted step size), each chain started at the point :math:`g(z)`
+      where the latent presets start with the same ``seed``.
 
     Returns:
-        ``arviz.InferenceData`` with posterior ``x`` and ``z`` (see
-        :func:`~pyro_flowebm.infer.run_chains`).
+        ``arviz.InferenceData`` with posterior ``x``, and ``z`` for the latent presets
+        (see :func:`~pyro_flowebm.infer.run_chains`).
 
     Example:
         >>> from pyro_flowebm import flow_backbone, flows
@@ -66,8 +72,18 @@ def sample_ebm(
         return latent_nuts(
             ebm, num_samples, warmup_steps, num_chains, seed=seed, progress_bar=progress_bar
         )
+    if sampler == "data-hmc":
+        with _seeded(seed, ebm.base_dist.mean.device):
+            start = ebm.base_dist.sample((num_chains,))  # run_chains' latent start
+        with torch.no_grad():
+            start = ebm.transform(start)
+        return run_chains(
+            lambda x: ebm.energy_of(x) - ebm.backbone.log_prob(x),
+            HMC(step_size=0.05, num_steps=10), num_chains, num_samples, warmup_steps,
+            init=start, thin=thin, seed=seed, progress_bar=progress_bar,
+        )  # fmt: skip
     kernels = {
-        "hmc-imh": lambda: Cycle([HMC(step_size=0.1, num_steps=5), IndependenceMH()], [4, 1]),
+        "hmc-imh": lambda: Cycle([HMC(step_size=0.1, num_steps=5), IndependenceMH()], [1, 3]),
         "hmc": lambda: HMC(step_size=0.1, num_steps=10),
         "chees": lambda: HMC(step_size=0.1, chees=True),
     }

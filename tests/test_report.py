@@ -18,9 +18,13 @@ def small_ebm() -> FlowEBM:
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_preset_returns_chains_of_x_and_z(sampler):
-    idata = sample_ebm(small_ebm(), sampler, 3, 6, 6, seed=0, progress_bar=False)
+    ebm = small_ebm()
+    idata = sample_ebm(ebm, sampler, 3, 6, 6, seed=0, progress_bar=False)
     assert idata.posterior["x"].shape == (3, 6, 2)
-    assert idata.posterior["z"].shape == (3, 6, 2)
+    if sampler == "data-hmc":
+        assert "z" not in idata.posterior and idata.attrs["space"] == "potential"
+    else:
+        assert idata.posterior["z"].shape == (3, 6, 2)
     assert bool(torch.isfinite(torch.as_tensor(idata.posterior["x"].values)).all())
 
 

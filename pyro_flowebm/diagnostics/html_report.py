@@ -70,6 +70,14 @@ class Verdict:
         return f"verdict: {self.label}"
 
 
+def _per_chain(values: Any) -> str:
+    """Per-chain counts in a line: the list for up to 8 chains, else their range."""
+    ints = [int(v) for v in values]
+    if len(ints) <= 8:
+        return str(ints)
+    return f"{min(ints)}-{max(ints)} (median {int(np.median(ints))}) over {len(ints)} chains"
+
+
 def verdict(
     summary: MixingSummary,
     *,
@@ -578,7 +586,7 @@ def _comparison(a: _Run, b: _Run) -> str:
         if s.occupancy is not None:
             extra = (
                 f" (mode R-hat {_num(s.mode_rhat)}, {s.total_transitions} mode switches, modes "
-                f"visited per chain {[int(v) for v in s.modes_visited]})"
+                f"visited per chain {_per_chain(s.modes_visited)})"
             )
         return f"{run.name}: {run.verdict.label}{extra}"
 
@@ -630,8 +638,8 @@ def _markdown(runs: list[_Run], comparison: str | None, html_path: Path, seconds
         s = run.summary
         if s.occupancy is not None:
             lines += [
-                f"- modes visited per chain: {[int(v) for v in s.modes_visited]}",
-                f"- mode switches per chain: {[int(v) for v in s.transitions]}",
+                f"- modes visited per chain: {_per_chain(s.modes_visited)}",
+                f"- mode switches per chain: {_per_chain(s.transitions)}",
                 f"- modes never visited: {s.unvisited}",
             ]
         lines.append("")
