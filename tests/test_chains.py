@@ -31,6 +31,7 @@ def test_output_of_a_flowebm_run(gaussian_case: GaussianCase):
     assert post.attrs["sampler"] == "HMC" and post.attrs["num_steps"] == 4
     assert post.attrs["space"] == "latent" and post.attrs["seed"] == 0
     assert post.attrs["num_grad_evals"] == 4 * (30 + 20)
+    assert 0 < post.attrs["sampling_time"] < 600
     assert post.attrs["adapted_step_size"] == stats["step_size"].values[0, 0]
     assert post.attrs["adapted_trajectory_length"] == pytest.approx(
         4 * post.attrs["adapted_step_size"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -60,7 +61,8 @@ def run_chains(
         ``diverging``, ``energy``, ``n_steps`` (gradient evaluations) and ``lp``
         (:math:`-U`); ``attrs`` with the kernel's settings, the seed, what warm-up
         adapted (``adapted_step_size``, ``adapted_trajectory_length`` for HMC kernels)
-        and ``num_grad_evals``, the gradient evaluations per chain of the whole run.
+        and ``num_grad_evals``, the gradient evaluations per chain of the whole run, and
+        ``sampling_time``, its wall seconds.
 
     Example:
         >>> from pyro_flowebm.infer import HMC
@@ -86,6 +88,7 @@ def run_chains(
     potential_fn = ebm.chain_potential if ebm is not None else target
     device = init.device if init is not None else ebm.base_dist.mean.device
 
+    start = time.perf_counter()
     with _seeded(seed, device):
         if init is None:
             init = ebm.base_dist.sample((num_chains,))
@@ -155,7 +158,7 @@ def run_chains(
         if not k.startswith("_") and isinstance(v, bool | int | float | str)
     }
     # What warm-up settled on, and the whole run's cost, warm-up included.
-    adapted = {"num_grad_evals": grad_evals}
+    adapted = {"num_grad_evals": grad_evals, "sampling_time": round(time.perf_counter() - start, 3)}
     if hasattr(kernel, "current_step_size"):
         adapted["adapted_step_size"] = float(kernel.current_step_size.mean())
         adapted["adapted_trajectory_length"] = kernel.trajectory_length

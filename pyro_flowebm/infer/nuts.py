@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -196,7 +197,8 @@ def latent_nuts(
         ``arviz.InferenceData`` with ``posterior`` ``x`` and ``z`` of shape
         ``(chain, draw, *batch_shape, *event_shape)``, ``sample_stats`` ``diverging``,
         ``acceptance_rate`` (the draw's mean Metropolis acceptance over its tree),
-        ``step_size`` and ``lp`` (:math:`-U(z)`), and the settings and seed in ``attrs``.
+        ``step_size`` and ``lp`` (:math:`-U(z)`); the settings, the seed and the wall
+        seconds (``sampling_time``) in ``attrs``.
 
     Example:
         >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
@@ -209,6 +211,7 @@ def latent_nuts(
     """
     _check_args(ebm, num_samples, warmup_steps, num_chains)
     device = ebm.base_dist.mean.device
+    start = time.perf_counter()
     with _seeded(seed, device):
         if init is None:
             init = ebm.base_dist.sample((num_chains,))
@@ -236,6 +239,7 @@ def latent_nuts(
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             seed=seed,
+            sampling_time=round(time.perf_counter() - start, 3),
         ),
     )
 
@@ -271,6 +275,7 @@ def data_space_nuts(
     """
     _check_args(ebm, num_samples, warmup_steps, num_chains)
     device = ebm.base_dist.mean.device
+    start = time.perf_counter()
     with _seeded(seed, device):
         if init is None:
             init = ebm.sample((num_chains,))
@@ -298,5 +303,6 @@ def data_space_nuts(
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             seed=seed,
+            sampling_time=round(time.perf_counter() - start, 3),
         ),
     )
