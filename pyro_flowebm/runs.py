@@ -319,6 +319,9 @@ def train_run(
     metrics_path = out / METRICS
     if checkpoint is None:
         # From the start: the backbone fit is short and reruns identically from the seed.
+        # Re-seeded after building, so that its minibatches (and so the fitted backbone) do
+        # not depend on how many random numbers the energy's initialization drew.
+        pyro.set_rng_seed(config.seed + 1)
         metrics_path.unlink(missing_ok=True)
         losses = fit_backbone(
             ebm.backbone, train, config.backbone_steps, lr=config.backbone_lr,

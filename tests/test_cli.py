@@ -228,3 +228,15 @@ def test_a_half_written_last_metrics_line_does_not_stop_a_resume(tmp_path):
     # The resume rewrote the log without the broken line.
     assert (run / "metrics.jsonl").read_text().endswith("}\n")
     assert read_metrics(run) == whole[:-1]
+
+
+def test_the_fitted_backbone_does_not_depend_on_the_energy_size(tmp_path):
+    runs = []
+    for hidden in ("8", "16"):
+        run = tmp_path / hidden
+        args = ["train", "--data", "rings", "--out", str(run), *SMALL, "--steps", "1"]
+        assert main([*args, "--energy-hidden", hidden, "--no-progress"]) == 0
+        runs.append(torch.load(run / "checkpoint.pt", weights_only=True)["backbone"])
+    assert runs[0].keys() == runs[1].keys()
+    # One tilt step with a frozen backbone: the backbones are the fitted ones.
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
