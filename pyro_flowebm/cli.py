@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--sampler", choices=SAMPLERS, default="hmc-imh",
-        help="hmc-imh: one HMC iteration then three independence moves a cycle; hmc: HMC with 10 "
+        help="hmc-imh: four HMC iterations then one independence move a cycle; hmc: HMC with 10 "
         "leapfrog steps; chees: HMC with ChEES trajectory length; nuts: Pyro NUTS, one "
         "chain at a time (slow); data-hmc: HMC in data space from the same start points, "
         "the baseline (default: hmc-imh)",

@@ -41,12 +41,14 @@ def sample_ebm(
 ) -> InferenceData:
     r"""Sample a FlowEBM with one of the named sampler presets, in latent space but one.
 
-    - ``"hmc-imh"``: a :class:`~pyro_flowebm.infer.Cycle` of one
-      :class:`~pyro_flowebm.infer.HMC` iteration (5 leapfrog steps, adapted step size)
-      and three :class:`~pyro_flowebm.infer.IndependenceMH` moves: local moves within a
-      mode, exact jumps between modes wherever the backbone puts mass. On the demo's
-      trained eight-Gaussians model (64 chains, 100 + 800 iterations) this mix gave mode
-      R-hat 1.0095 in 10 s, against 1.036 in 29 s for four HMC iterations and one move.
+    - ``"hmc-imh"``: a :class:`~pyro_flowebm.infer.Cycle` of four
+      :class:`~pyro_flowebm.infer.HMC` iterations (5 leapfrog steps, adapted step size)
+      and one :class:`~pyro_flowebm.infer.IndependenceMH` move: local moves within a
+      mode, exact jumps between modes wherever the backbone puts mass. More independence
+      moves a cycle mix mode weights faster where the backbone covers the modes (one HMC
+      iteration and three moves: mode R-hat 1.0095 in 10 s on the demo's model, against
+      1.036 in 29 s) but converge slower where it does not: on two spirals, 100 warm-up
+      cycles left MMD at 0.0018 against 0.00077 with this mix.
     - ``"hmc"``: HMC with 10 leapfrog steps and an adapted step size.
     - ``"chees"``: HMC with its trajectory length adapted by ChEES.
     - ``"nuts"``: Pyro's NUTS (:func:`~pyro_flowebm.latent_nuts`), one chain at a time.
@@ -83,7 +85,7 @@ def sample_ebm(
             init=start, thin=thin, seed=seed, progress_bar=progress_bar,
         )  # fmt: skip
     kernels = {
-        "hmc-imh": lambda: Cycle([HMC(step_size=0.1, num_steps=5), IndependenceMH()], [1, 3]),
+        "hmc-imh": lambda: Cycle([HMC(step_size=0.1, num_steps=5), IndependenceMH()], [4, 1]),
         "hmc": lambda: HMC(step_size=0.1, num_steps=10),
         "chees": lambda: HMC(step_size=0.1, chees=True),
     }
