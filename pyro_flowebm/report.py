@@ -17,7 +17,7 @@ from .diagnostics import read_netcdf
 from .distribution import FlowEBM
 from .evaluate import evaluate_samples
 from .infer import HMC, Cycle, IndependenceMH, latent_nuts, run_chains
-from .infer.nuts import _seeded
+from .infer.nuts import _data_potential, _seeded
 from .runs import _write_text, load_run, read_config, read_data
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def sample_ebm(
         with torch.no_grad():
             start = ebm.transform(start)
         return run_chains(
-            lambda x: ebm.energy_of(x) - ebm.backbone.log_prob(x),
+            _data_potential(ebm),
             HMC(step_size=0.05, num_steps=10), num_chains, num_samples, warmup_steps,
             init=start, thin=thin, seed=seed, progress_bar=progress_bar,
         )  # fmt: skip

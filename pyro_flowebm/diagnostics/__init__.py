@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .._atomic import atomic_write
+
 with warnings.catch_warnings():
     # ArviZ 0.23 warns once per day on import that 1.x is coming (FutureWarning). It is
     # about the library, not about how we call it, and it turns into an import error under
@@ -203,10 +205,7 @@ def write_netcdf(idata: az.InferenceData, path: str | os.PathLike[str]) -> None:
         ...     read_netcdf(Path(tmp, "draws.nc")).posterior["x"].shape
         (2, 3)
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    idata.to_netcdf(str(tmp))
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: idata.to_netcdf(str(tmp)))
 
 
 def read_netcdf(path: str | os.PathLike[str]) -> az.InferenceData:

@@ -33,6 +33,12 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
+def _data_potential(ebm: FlowEBM) -> Callable[[Tensor], Tensor]:
+    r""":math:`-\log p(x) + \text{const} = E(x) - \log q(x)`, without value validation (a
+    sampler's proposals may leave the support; the samplers handle non-finite values)."""
+    return lambda x: ebm.energy_of(x) - ebm.backbone.log_prob(x)
+
+
 def _finite_potential(potential: Callable[[Tensor], Tensor]) -> Callable[[dict], Tensor]:
     def potential_fn(params: dict[str, Tensor]) -> Tensor:
         u = potential(params["value"]).sum()
@@ -281,7 +287,7 @@ def data_space_nuts(
             init = ebm.sample((num_chains,))
         init = _check_init(init, ebm, num_chains, "init")
         x, stats = _run_nuts(
-            lambda x: ebm.energy_of(x) - ebm.backbone.log_prob(x),
+            _data_potential(ebm),
             init,
             num_samples,
             warmup_steps,
