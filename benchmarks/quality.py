@@ -3,14 +3,16 @@
 For each built-in toy of ``pyro_flowebm.datasets.TOYS`` (or those given by ``--toys``),
 with the same seed for every method, in float32:
 
-- data: 5000 exact training draws (seed ``--seed``) and 2000 held-out draws from an
+- data: 5000 exact training draws (seed ``--seed``) and 5000 held-out draws from an
   independent seed (``seed + 1_000_003``), as ``runs.train_run`` splits a toy;
 - ``backbone``: the deliberately small backbone of ``RunConfig()`` (RealNVP, 4 layers x 32
-  hidden) fitted by ``fit_backbone`` (1000 steps, lr 5e-3, batch 256); 2000 draws;
+  hidden) fitted by ``fit_backbone`` (1000 steps, lr 5e-3, batch 256); 5000 draws;
 - ``flowebm``: that fitted backbone tilted by ``fit_ebm`` with ``RunConfig().fit_ebm_kwargs()``
-  (MLPEnergy 2 x 64, 600 steps, lr 3e-3, 2 independence moves + 5 HMC iterations of 5
-  leapfrog steps per training step); 2000 long-run draws of the trained model by
-  ``report.sample_ebm(ebm, "hmc-imh", 500 chains, 4 draws, 100 warm-up cycles, thin 10)``.
+  (1500 steps, lr 3e-3, 10 independence moves + 5 HMC iterations of 5 leapfrog steps per
+  training step) and an MLPEnergy of ``--energy-layers`` x ``--energy-hidden`` (3 x 128 here,
+  wider than RunConfig's 2 x 64: 2 x 64 cannot carve the rings' radial profile, measured
+  below); 5000 long-run draws of the trained model by ``report.sample_ebm(ebm, "hmc-imh",
+  1250 chains, 4 draws, 100 warm-up cycles, thin 10)``.
   The time of backbone fit + tilt is the time budget W of the toy;
 - ``data_ebm``: a data-space EBM p(x) ∝ exp(-E(x)) with an MLPEnergy (``--sr-layers`` x
   ``--sr-hidden``), trained by contrastive divergence with short-run unadjusted Langevin from
@@ -19,8 +21,9 @@ with the same seed for every method, in float32:
   and takes an Adam step (betas (0.5, 0.999), gradient clipping 1, a cosine decay of the
   learning rate over the budget) on ``mean E(data) - mean E(model)`` plus the same
   squared-energy penalty as ``fit_ebm``; it trains for the same time W and is sampled the
-  way it was trained (2000 short runs from noise);
-- ``exact``: 2000 fresh exact draws, the noise floor of every metric.
+  way it was trained (5000 short runs from noise); it keeps the 2 x 64 energy that won
+  its own sweep (``--tune``);
+- ``exact``: 5000 fresh exact draws, the noise floor of every metric.
 
 Every method's draws are compared with the held-out draws by
 ``evaluate.evaluate_samples``: MMD (median-heuristic bandwidth), energy distance and, where
@@ -109,11 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--toys", nargs="+", choices=sorted(datasets.TOYS), default=list(datasets.TOYS)
     )
     parser.add_argument("--num-data", type=int, default=5000, help="training draws")
-    parser.add_argument("--num-heldout", type=int, default=2000, help="held-out draws")
-    parser.add_argument("--num-samples", type=int, default=2000, help="draws of each method")
+    parser.add_argument("--num-heldout", type=int, default=5000, help="held-out draws")
+    parser.add_argument("--num-samples", type=int, default=5000, help="draws of each method")
     parser.add_argument("--backbone-steps", type=int, default=None, help="default: RunConfig")
     parser.add_argument("--ebm-steps", type=int, default=None, help="default: RunConfig")
     parser.add_argument("--batch-size", type=int, default=None, help="default: RunConfig")
+    parser.add_argument("--energy-layers", type=int, default=3, help="FlowEBM: MLP hidden layers")
+    parser.add_argument("--energy-hidden", type=int, default=128, help="FlowEBM: MLP width")
     parser.add_argument("--warmup", type=int, default=100, help="hmc-imh warm-up cycles")
     parser.add_argument("--thin", type=int, default=10, help="hmc-imh cycles between draws")
     parser.add_argument("--draws", type=int, default=4, help="hmc-imh draws per chain")
@@ -178,6 +183,8 @@ def config_of(toy: str, args: argparse.Namespace) -> RunConfig:
         "backbone_steps": args.backbone_steps,
         "steps": args.ebm_steps,
         "batch_size": args.batch_size,
+        "energy_layers": args.energy_layers,
+        "energy_hidden": args.energy_hidden,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return RunConfig(
@@ -600,7 +607,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{meta['threads']} torch thread(s), {meta['wall_s']:.0f} s in all. Backbone: "
             f"RealNVP {meta['backbone']} fitted {meta['backbone_steps']} steps on "
             f"{meta['num_data']} draws; FlowEBM: that backbone tilted by fit_ebm "
-            f"(MLPEnergy {meta['energy']}, {meta['ebm_steps']} steps, RunConfig defaults), "
+            f"(MLPEnergy {meta['energy']}, {meta['ebm_steps']} steps, otherwise RunConfig's "
+            "defaults), "
             "sampled by hmc-imh (long run). Data-space EBM: MLPEnergy "
             f"{sr['layers']} x {sr['hidden']} trained by short-run ULA from uniform noise "
             f"(step {sr['step']:g}, K = {sr['k']}, lr {sr['lr']:g}) for the same time W as "
