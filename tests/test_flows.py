@@ -203,3 +203,93 @@ def test_fit_backbone_refuses_bad_data():
         fit_backbone(q, torch.randn(10, 3), steps=1, progress_bar=False)
     with pytest.raises(ValueError, match="at least one data point"):
         fit_backbone(q, torch.randn(0, 2), steps=1, progress_bar=False)
+
+
+# -- multiscale image flows ------------------------------------------------------------------------
+
+IMAGE_FLOWS = {
+    "glow-1x4x4-2-levels": lambda: flows.glow((1, 4, 4), num_levels=2, num_steps=2, hidden=4),
+    "glow-3x2x2-no-logit": lambda: flows.glow(
+        (3, 2, 2), num_levels=1, num_steps=2, hidden=4, logit_alpha=None
+    ),
+    "glow-2x4x4-1-level": lambda: flows.glow((2, 4, 4), num_levels=1, num_steps=3, hidden=4),
+}
+
+
+def initialized_image_flow(name: str) -> NormflowsTransform:
+    """An image flow whose ActNorms saw one batch (their data-dependent initialization),
+    then random weights everywhere: zero-initialized conditioners test nothing."""
+    t = IMAGE_FLOWS[name]()
+    t.inv(0.05 + 0.9 * torch.rand(16, *t.event_shape))
+    return randomized(lambda: t)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_FLOWS))
+def test_image_flow_log_det_equals_slogdet_of_autograd_jacobian(name):
+    t = initialized_image_flow(name)
+    d = t.event_shape.numel()
+    # Latent points of pixels inside (0.05, 0.95): where the logit saturates, the Jacobian's
+    # condition number passes 1e17 and slogdet itself loses digits.
+    z = t.inv(0.05 + 0.9 * torch.rand(3, *t.event_shape)).detach()
+    x = t(z)
+    log_det = t.log_abs_det_jacobian(z, x)
+    assert log_det.shape == (3,)
+    for i in range(len(z)):
+        jac = torch.autograd.functional.jacobian(lambda v: t(v.reshape(t.event_shape)), z[i])
+        sign, logabs = torch.linalg.slogdet(jac.reshape(d, d))
+        assert sign != 0
+        torch.testing.assert_close(log_det[i], logabs, atol=1e-8, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_FLOWS))
+def test_image_flow_inverse_round_trip_and_inverse_log_det(name):
+    t = initialized_image_flow(name)
+    x = 0.02 + 0.96 * torch.rand(20, *t.event_shape)
+    z = t.inv(x)
+    assert z.shape == x.shape
+    torch.testing.assert_close(t(z), x, atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        t.inv.log_abs_det_jacobian(x, z), -t.log_abs_det_jacobian(z, t(z)), atol=1e-8, rtol=0
+    )
+
+
+def test_image_backbone_log_prob_is_the_change_of_variables():
+    """log q(x) = log N(z; 0, I) + log|det dz/dx|, with the Jacobian of the inverse by autograd:
+    the logit pre-transform's log-det is accounted."""
+    t = initialized_image_flow("glow-1x4x4-2-levels")
+    q = flow_backbone(t, t.event_shape)
+    x = 0.05 + 0.9 * torch.rand(2, *t.event_shape)
+    for i in range(len(x)):
+        z = t.inv(x[i : i + 1])[0]
+        jac = torch.autograd.functional.jacobian(
+            lambda v: t.inv(v.reshape(1, *t.event_shape))[0], x[i]
+        )
+        expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum()
+        expected = expected + torch.linalg.slogdet(jac.reshape(16, 16))[1]
+        torch.testing.assert_close(q.log_prob(x[i]), expected, atol=1e-8, rtol=1e-10)
+
+
+def test_image_flow_logit_maps_onto_the_unit_interval():
+    t = flows.glow((1, 4, 4), num_levels=1, num_steps=1, hidden=4, logit_alpha=0.05)
+    x = t(torch.randn(100, 1, 4, 4))
+    lo, hi = -0.05 / 0.9, 1 + 0.05 / 0.9
+    assert bool(((x > lo) & (x < hi)).all())
+
+
+def test_image_flow_parameters_all_receive_gradients():
+    t = initialized_image_flow("glow-1x4x4-2-levels")
+    q = flow_backbone(t, t.event_shape)
+    q.log_prob(0.05 + 0.9 * torch.rand(8, 1, 4, 4)).sum().backward()
+    for name, p in t.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+
+
+def test_image_flow_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*num_levels = 4"):
+        flows.glow((1, 6, 8), num_levels=2)
+    with pytest.raises(ValueError, match=r"expected event_shape \(C, H, W\), got \(8, 8\)"):
+        flows.glow((8, 8))
+    with pytest.raises(ValueError, match="logit_alpha"):
+        flows.glow((1, 4, 4), num_levels=1, logit_alpha=0.5)
+    with pytest.raises(ValueError, match="num_levels, num_steps and hidden >= 1"):
+        flows.glow((1, 4, 4), num_levels=0)
