@@ -12,7 +12,7 @@ import torch
 
 from . import datasets
 from .report import SAMPLERS
-from .runs import BACKBONES, RunConfig, RunExistsError, train_run
+from .runs import BACKBONES, IMAGE_BACKBONES, IMAGE_DEFAULTS, RunConfig, RunExistsError, train_run
 from .train import TrainingDiverged
 
 __all__ = ["main"]
@@ -62,11 +62,17 @@ _TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--num-data", "num_data", _positive_int, "training draws of a toy data set"),
     ("--num-heldout", "num_heldout", _positive_int, "held-out draws of a toy data set"),
     ("--heldout-fraction", "heldout_fraction", float, "share of a data file held out"),
-    ("--backbone", "backbone", str, "flow preset: realnvp or neural_spline"),
-    ("--backbone-layers", "backbone_layers", _positive_int, "flow layers"),
-    ("--backbone-hidden", "backbone_hidden", _positive_int, "width of the flow's networks"),
-    ("--energy-layers", "energy_layers", _positive_int, "hidden layers of the energy MLP"),
-    ("--energy-hidden", "energy_hidden", _positive_int, "width of the energy MLP"),
+    ("--backbone", "backbone", str,
+     "flow preset: auto (realnvp for vectors, glow for images), realnvp, neural_spline, glow"),
+    ("--backbone-levels", "backbone_levels", _positive_int, "scales of an image flow"),
+    ("--backbone-layers", "backbone_layers", _positive_int,
+     "flow layers (image flows: steps per scale)"),
+    ("--backbone-hidden", "backbone_hidden", _positive_int,
+     "width of the flow's networks (image flows: channels)"),
+    ("--energy-layers", "energy_layers", _positive_int,
+     "hidden layers of the energy MLP (images: convolutions)"),
+    ("--energy-hidden", "energy_hidden", _positive_int,
+     "width of the energy MLP (images: channels of the first convolution)"),
     ("--backbone-steps", "backbone_steps", _positive_int, "maximum-likelihood steps of the flow"),
     ("--backbone-lr", "backbone_lr", _positive_float, "learning rate of the flow's fit"),
     ("--lr", "lr", _positive_float, "learning rate of the energy"),
@@ -101,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     toys = ", ".join(sorted(datasets.TOYS))
+    images = ", ".join(datasets.IMAGE_SETS)
     defaults = RunConfig()
 
     train = commands.add_parser(
@@ -112,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--data", required=True, metavar="NAME_OR_FILE",
-        help=f"a toy data set ({toys}) or a .npy, .pt or .csv file of shape (n, d)",
+        help=f"a toy data set ({toys}), a .npy, .pt or .csv file of shape (n, d), or images: "
+        f"{images}, or a .npy file of shape (N, C, H, W) or (N, H, W)",
     )  # fmt: skip
     train.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory")
     for flag, field, kind, text in _TRAIN_FLAGS:
@@ -121,8 +129,9 @@ def _parser() -> argparse.ArgumentParser:
         # a conflicting flag from a default.
         train.add_argument(
             flag, dest=field, type=kind, default=argparse.SUPPRESS,
-            choices=sorted(BACKBONES) if field == "backbone" else None,
-            help=f"{text} (default: {default})",
+            choices=["auto", *BACKBONES, *IMAGE_BACKBONES] if field == "backbone" else None,
+            help=f"{text} (default: {default}"
+            + (f"; images: {IMAGE_DEFAULTS[field]})" if field in IMAGE_DEFAULTS else ")"),
         )  # fmt: skip
     train.add_argument(
         "--persistent", action="store_true", default=argparse.SUPPRESS,
@@ -225,7 +234,7 @@ def _train(args: argparse.Namespace) -> int:
     fields = {field for _, field, _, _ in _TRAIN_FLAGS} | {"persistent"}
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        config = RunConfig(data=args.data, **given)
+        config = RunConfig.for_data(args.data, **given)
     except ValueError as e:
         raise _UsageError(str(e)) from e
     try:

@@ -64,10 +64,10 @@ class ConvEnergy(nn.Module):
     image and double the channels (stride 1 once the image is 1 pixel wide), an
     activation after each, and a linear read-out of the flattened features. SiLU (the
     default) keeps :math:`E` smooth for HMC; ``"leaky_relu"`` (slope 0.2) is the paper's
-    choice. ``spectral_norm=True`` wraps every layer in
+    choice. ``spectral_norm=True`` wraps every convolution in
     :func:`torch.nn.utils.parametrizations.spectral_norm`, which bounds the energy's
-    Lipschitz constant (the zero-initialized read-out is left out; the power iteration updates in training mode, so the energy moves a
-    little between calls while training; it is fixed in ``eval()`` mode). The read-out starts
+    Lipschitz constant (the power iteration updates in training mode, so the energy moves
+    a little between calls while training; it is fixed in ``eval()`` mode). The read-out starts
     at zero: a new energy is :math:`E \equiv 0`, and a new
     :class:`~pyro_flowebm.FlowEBM` equals its backbone.
 
@@ -104,13 +104,10 @@ class ConvEnergy(nn.Module):
             raise ValueError(f"expected event_shape (C, H, W), got {tuple(event_shape)}")
         if hidden < 1 or num_layers < 1:
             raise ValueError(
-                f"expected hidden and num_layers >= 1, got hidden={hidden}, "
-                f"num_layers={num_layers}"
+                f"expected hidden and num_layers >= 1, got hidden={hidden}, num_layers={num_layers}"
             )
         if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"expected activation in {sorted(_ACTIVATIONS)}, got {activation!r}"
-            )
+            raise ValueError(f"expected activation in {sorted(_ACTIVATIONS)}, got {activation!r}")
         c, h, w = event_shape
         norm = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         layers: list[nn.Module] = [norm(nn.Conv2d(c, hidden, 3, padding=1))]

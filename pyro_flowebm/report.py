@@ -13,19 +13,21 @@ import torch
 from torch import Tensor
 
 from . import datasets
-from .diagnostics import read_netcdf
+from .diagnostics import image_grid, read_netcdf
 from .distribution import FlowEBM
-from .evaluate import evaluate_samples
+from .evaluate import bits_per_dim, evaluate_samples, mmd
 from .infer import HMC, Cycle, IndependenceMH, latent_nuts, run_chains
 from .infer.nuts import _data_potential, _seeded
-from .runs import _write_text, load_run, read_config, read_data
+from .runs import _write_text, load_run, read_config, read_data, read_levels
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["Evaluation", "evaluate_run", "plot_overview", "sample_ebm"]
+__all__ = ["Evaluation", "evaluate_run", "plot_images", "plot_overview", "sample_ebm"]
 
 SAMPLERS = ("hmc-imh", "hmc", "chees", "nuts", "data-hmc")
+# The digits probe of an image run, fitted once and kept in the run directory.
+PROBE = "probe.pt"
 
 
 def sample_ebm(
@@ -100,7 +102,7 @@ def sample_ebm(
 def _flat_draws(idata: InferenceData, n: int) -> Tensor:
     """At most ``n`` draws of posterior ``x``, spread evenly over chains and draws."""
     x = np.asarray(idata.posterior["x"].values)
-    flat = x.reshape(-1, x.shape[-1])
+    flat = x.reshape(-1, *x.shape[2:])
     index = np.linspace(0, flat.shape[0] - 1, min(n, flat.shape[0])).round().astype(int)
     return torch.as_tensor(flat[index], dtype=torch.float32)
 
@@ -110,24 +112,41 @@ class Evaluation:
     """Metrics of a run's backbone and EBM draws against reference data.
 
     Attributes:
-        backbone: :func:`~pyro_flowebm.evaluate.evaluate_samples` of backbone draws.
+        backbone: :func:`~pyro_flowebm.evaluate.evaluate_samples` of backbone draws
+            (vectors), or for images the probe's ``mean_confidence`` and
+            ``frechet_distance`` (digits, :mod:`~pyro_flowebm.probe`) and ``mmd`` of the
+            flattened images.
         ebm: the same for the EBM's MCMC draws.
         reference: what the draws were compared with (``"heldout"``, a toy name or a
             file) and how many points.
+        bits_per_dim: images only: the backbone's bits per dimension on the held-out
+            images (:func:`~pyro_flowebm.evaluate.bits_per_dim`; the EBM's density is
+            unnormalized, so it has none).
+        class_fractions: digits only: the probe's class shares of each method's draws
+            (``"backbone"``, ``"ebm"``, ``"reference"``).
     """
 
     backbone: dict[str, float]
     ebm: dict[str, float]
     reference: dict[str, Any]
+    bits_per_dim: float | None = None
+    class_fractions: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "ebm": self.ebm, "reference": self.reference}
+        out = {"backbone": self.backbone, "ebm": self.ebm, "reference": self.reference}
+        if self.bits_per_dim is not None:
+            out["backbone_bits_per_dim"] = self.bits_per_dim
+        if self.class_fractions is not None:
+            out["class_fractions"] = self.class_fractions
+        return out
 
     def table(self) -> str:
         """A Markdown table: one row a metric, backbone and EBM side by side."""
         rows = ["| metric | backbone | EBM |", "|---|---|---|"]
         for key in self.ebm:
             rows.append(f"| {key} | {self.backbone[key]:.4g} | {self.ebm[key]:.4g} |")
+        if self.bits_per_dim is not None:
+            rows.append(f"| bits per dim (held out) | {self.bits_per_dim:.4g} | |")
         return "\n".join(rows)
 
 
@@ -170,6 +189,13 @@ def evaluate_run(
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     ebm = load_run(run_dir, device="cpu")
+    if len(ebm.event_shape) == 3:
+        if data is not None:
+            raise ValueError(
+                f"expected no --data for an image run (it is compared with its own held-out "
+                f"images), got {data!r}"
+            )
+        return _evaluate_images(run_dir, ebm, samples, num_samples, seed, plots, progress_bar)
     if data is None:
         reference = read_data(run_dir)[1].cpu()
         toy, source = _toy_of(config.data), "heldout"
@@ -182,18 +208,7 @@ def evaluate_run(
             f"expected reference data with {ebm.event_shape[0]} columns like the run's, "
             f"got {reference.shape[1]}"
         )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            backbone_x = ebm.backbone.sample((num_samples,))
-    if samples is not None:
-        ebm_x = _flat_draws(read_netcdf(samples), num_samples)
-    else:
-        chains = max(1, num_samples // 4)
-        idata = sample_ebm(
-            ebm, "hmc-imh", chains, 4, 100, thin=10, seed=seed, progress_bar=progress_bar
-        )
-        ebm_x = _flat_draws(idata, num_samples)
+    backbone_x, ebm_x = _draws(ebm, samples, num_samples, seed, 100, 10, progress_bar)
     known: dict[str, Any] = {}
     if toy is not None:
         known = {"modes": toy.modes, "weights": toy.weights, "sd": toy.sd, "log_prob": toy.log_prob}
@@ -208,6 +223,95 @@ def evaluate_run(
         figure = plot_overview(ebm, reference, backbone_x, ebm_x)
         figure.savefig(run_dir / "evaluation.png", dpi=110)
     return result
+
+
+def _draws(
+    ebm: FlowEBM,
+    samples: str | os.PathLike[str] | None,
+    num_samples: int,
+    seed: int,
+    warmup: int,
+    thin: int,
+    progress_bar: bool,
+) -> tuple[Tensor, Tensor]:
+    """``num_samples`` backbone draws, and as many EBM draws from ``samples`` or from the
+    hmc-imh preset (``num_samples / 4`` chains, 4 draws each ``thin`` cycles apart)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            backbone_x = ebm.backbone.sample((num_samples,))
+    if samples is not None:
+        return backbone_x, _flat_draws(read_netcdf(samples), num_samples)
+    idata = sample_ebm(
+        ebm, "hmc-imh", max(1, num_samples // 4), 4, warmup,
+        thin=thin, seed=seed, progress_bar=progress_bar,
+    )  # fmt: skip
+    return backbone_x, _flat_draws(idata, num_samples)
+
+
+def _evaluate_images(
+    run_dir: Path,
+    ebm: FlowEBM,
+    samples: str | os.PathLike[str] | None,
+    num_samples: int,
+    seed: int,
+    plots: bool,
+    progress_bar: bool,
+) -> Evaluation:
+    """evaluate_run for images: bits per dimension, the digits probe, MMD, image grids."""
+    from .probe import load_or_fit_probe, probe_summary
+
+    config = read_config(run_dir)
+    levels = read_levels(run_dir)
+    heldout = read_data(run_dir)[1].cpu()
+    noise = torch.Generator().manual_seed(seed)
+    reference = datasets.dequantize(heldout, levels, generator=noise) if levels else heldout
+    bpd = None
+    if levels:
+        bpd = bits_per_dim(ebm.backbone, heldout, levels, num_samples=4, generator=noise)[0]
+    # Images cost far more a gradient than 2-D points: 50 warm-up cycles and draws 5 apart.
+    backbone_x, ebm_x = _draws(ebm, samples, num_samples, seed, 50, 5, progress_bar)
+    metrics: dict[str, dict[str, float]] = {"backbone": {}, "ebm": {}}
+    fractions = None
+    if config.data == "digits":
+        probe = load_or_fit_probe(run_dir / PROBE)
+        fractions = {"reference": probe_summary(probe, reference, reference)["class_fractions"]}
+        for key, x in (("backbone", backbone_x), ("ebm", ebm_x)):
+            summary = probe_summary(probe, x, reference)
+            metrics[key]["mean_confidence"] = summary["mean_confidence"]
+            metrics[key]["frechet_distance"] = summary["frechet_distance"]
+            fractions[key] = summary["class_fractions"]
+    for key, x in (("backbone", backbone_x), ("ebm", ebm_x)):
+        metrics[key]["mmd"] = float(mmd(x.flatten(1), reference.flatten(1)))
+    result = Evaluation(
+        backbone=metrics["backbone"],
+        ebm=metrics["ebm"],
+        reference={"data": "heldout", "n": reference.shape[0], "num_samples": num_samples},
+        bits_per_dim=bpd,
+        class_fractions=fractions,
+    )
+    _write_text(json.dumps(result.to_dict(), indent=2) + "\n", run_dir / "evaluation.json")
+    if plots:
+        figure = plot_images(reference, backbone_x, ebm_x)
+        figure.savefig(run_dir / "evaluation.png", dpi=110)
+    return result
+
+
+def plot_images(data: Tensor, backbone_x: Tensor, ebm_x: Tensor, num_images: int = 64) -> Any:
+    """Three image grids side by side: held-out data, backbone draws, EBM draws (the first
+    ``num_images`` of each). Returns the matplotlib Figure."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    figure = Figure(figsize=(13, 4.6))
+    axes = figure.subplots(1, 3)
+    panels = [("data (held out)", data), ("backbone q", backbone_x), ("EBM (latent MCMC)", ebm_x)]
+    for ax, (title, images) in zip(axes, panels, strict=True):
+        ax.imshow(image_grid(images[:num_images], 8), interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.tight_layout()
+    return figure
 
 
 def plot_overview(ebm: FlowEBM, data: Tensor, backbone_x: Tensor, ebm_x: Tensor) -> Any:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.distributions import TransformedDistribution
 from tqdm.auto import tqdm
 
+from .datasets import dequantize as _dequantize
 from .distribution import FlowEBM
 from .evaluate import mmd
 from .infer.kernels import HMC, IndependenceMH
@@ -37,6 +38,11 @@ def _check_data(data: Tensor, event_shape: torch.Size) -> None:
         )
 
 
+def _check_levels(dequantize: int | None) -> None:
+    if dequantize is not None and (isinstance(dequantize, bool) or not dequantize >= 2):
+        raise ValueError(f"expected dequantize None or a number of levels >= 2, got {dequantize}")
+
+
 def fit_backbone(
     backbone: TransformedDistribution,
     data: Tensor,
@@ -44,6 +50,7 @@ def fit_backbone(
     *,
     batch_size: int = 256,
     lr: float = 1e-3,
+    dequantize: int | None = None,
     progress_bar: bool = True,
 ) -> list[float]:
     r"""Fit a flow backbone to data by maximum likelihood.
@@ -60,10 +67,16 @@ def fit_backbone(
         steps: number of optimizer steps.
         batch_size: minibatch size (capped at ``n``).
         lr: Adam's initial learning rate.
+        dequantize: for quantized data (images stored as level / ``dequantize``, see
+            :class:`~pyro_flowebm.datasets.ImageSet`), the number of levels: each
+            minibatch gets fresh uniform noise of one level's width
+            (:func:`~pyro_flowebm.datasets.dequantize`), so the flow fits a density, not
+            spikes on the lattice. ``None`` for continuous data.
         progress_bar: show a tqdm bar with the running loss.
 
     Returns:
-        The minibatch negative log-likelihood at each step.
+        The minibatch negative log-likelihood at each step (per point, in nats, of the
+        dequantized data when ``dequantize`` is set).
 
     Raises:
         ValueError: for data of the wrong shape or with non-finite entries, or a backbone
@@ -83,6 +96,7 @@ def fit_backbone(
         raise ValueError("expected a backbone with trainable transform parameters, got none")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"expected steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
+    _check_levels(dequantize)
     data = torch.as_tensor(data, dtype=params[0].dtype, device=params[0].device)
     _check_data(data, backbone.event_shape)
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -91,8 +105,10 @@ def fit_backbone(
     history: list[float] = []
     with tqdm(range(steps), desc="fit backbone", disable=not progress_bar) as bar:
         for step in bar:
-            idx = torch.randint(data.shape[0], (batch_size,), device=data.device)
-            loss = -backbone.log_prob(data[idx]).mean()
+            batch = data[torch.randint(data.shape[0], (batch_size,), device=data.device)]
+            if dequantize is not None:
+                batch = _dequantize(batch, dequantize)
+            loss = -backbone.log_prob(batch).mean()
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"the backbone's loss became non-finite at step {step} (lr={lr}); "
@@ -173,6 +189,7 @@ def fit_ebm(
     energy_reg: float = 0.1,
     grad_clip: float = 1.0,
     backbone_lr: float | None = None,
+    dequantize: int | None = None,
     validation_data: Tensor | None = None,
     validate_every: int = 100,
     max_energy: float = 1e4,
@@ -243,6 +260,10 @@ def fit_ebm(
         energy_reg: :math:`\alpha`, the weight of the squared-energy penalty.
         grad_clip: maximum gradient norm.
         backbone_lr: fine-tune the backbone too, with this learning rate.
+        dequantize: for quantized data, the number of levels, as in :func:`fit_backbone`:
+            data minibatches (and the held-out points, once, with a fixed seed) get
+            uniform dequantization noise, so that the energy compares model draws with
+            data on the same continuous scale.
         validation_data: held-out points; every ``validate_every`` steps and at the end
             the metrics get ``val_energy_gap`` (:math:`\overline{E(x_\text{val})} -
             \overline{E(x_\text{model})}`) and ``val_mmd`` (:func:`~pyro_flowebm.evaluate.mmd`
@@ -301,6 +322,7 @@ def fit_ebm(
             "expected 0 < target_accept_prob < 1, energy_reg >= 0 and max_energy > 0, got "
             f"{target_accept_prob}, {energy_reg}, {max_energy}"
         )
+    _check_levels(dequantize)
     factory = {"dtype": energy_params[0].dtype, "device": energy_params[0].device}
     data = torch.as_tensor(data, **factory)
     _check_data(data, ebm.event_shape)
@@ -310,6 +332,11 @@ def fit_ebm(
         validation_data = torch.as_tensor(validation_data, **factory)
         _check_data(validation_data, ebm.event_shape)
         validation_data = validation_data[:1000]
+        if dequantize is not None:
+            # Its own generator: the same noise in a resumed run, and the global generator's
+            # stream (which the checkpoints carry) is not touched.
+            noise = torch.Generator(validation_data.device).manual_seed(0)
+            validation_data = _dequantize(validation_data, dequantize, generator=noise)
 
     backbone = backbone_modules(ebm)
     groups = [{"params": energy_params, "lr": lr}]
@@ -368,6 +395,8 @@ def fit_ebm(
             if not torch.isfinite(x_model).all():
                 raise diverged(step, "a model draw is not finite")
             x_data = data[torch.randint(data.shape[0], (batch_size,), device=data.device)]
+            if dequantize is not None:
+                x_data = _dequantize(x_data, dequantize)
             e_data, e_model = ebm.energy_of(x_data), ebm.energy_of(x_model)
             loss = e_data.mean() - e_model.mean()
             loss = loss + energy_reg * (e_data.pow(2).mean() + e_model.pow(2).mean())
@@ -406,7 +435,7 @@ def fit_ebm(
                 with torch.no_grad():
                     e_val = ebm.energy_of(validation_data).mean().item()
                     metrics["val_energy_gap"] = e_val - ebm.energy_of(x_model).mean().item()
-                    metrics["val_mmd"] = mmd(x_model, validation_data).item()
+                    metrics["val_mmd"] = mmd(x_model.flatten(1), validation_data.flatten(1)).item()
             history.append(metrics)
             if on_metrics is not None:
                 on_metrics(metrics)

@@ -240,3 +240,58 @@ def test_the_fitted_backbone_does_not_depend_on_the_energy_size(tmp_path):
     assert runs[0].keys() == runs[1].keys()
     # One tilt step with a frozen backbone: the backbones are the fitted ones.
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+# A tiny image model: the machinery on digits, not the model's quality.
+TINY_IMAGES = [
+    "--backbone-levels", "1", "--backbone-layers", "1", "--backbone-hidden", "4",
+    "--energy-hidden", "4", "--energy-layers", "2", "--backbone-steps", "5", "--steps", "2",
+    "--batch-size", "16", "--mcmc-steps", "1", "--leapfrog-steps", "2",
+    "--independence-moves", "1",
+]  # fmt: skip
+
+
+def test_digits_train_sample_evaluate_and_report_end_to_end(tmp_path):
+    run = tmp_path / "digits"
+    assert (
+        main(["train", "--data", "digits", "--out", str(run), *TINY_IMAGES, "--no-progress"]) == 0
+    )
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == "digits" and config["backbone_levels"] == 1
+    ebm = load_run(run)
+    assert ebm.event_shape == (1, 8, 8)
+    draws = run / "samples.nc"
+    sample = ["sample", "--run", str(run), "--out", str(draws), "--num-chains", "4"]
+    assert main([*sample, "--num-samples", "6", "--warmup", "4", "--no-progress"]) == 0
+    from pyro_flowebm.diagnostics import read_netcdf
+
+    assert read_netcdf(draws).posterior["x"].shape == (4, 6, 1, 8, 8)
+    evaluate = ["evaluate", "--run", str(run), "--samples", str(draws), "--num-samples", "24"]
+    assert main([*evaluate, "--no-progress"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert 0 < result["backbone_bits_per_dim"] < 10
+    for method in ("backbone", "ebm"):
+        assert set(result[method]) == {"mean_confidence", "frechet_distance", "mmd"}
+        assert 0 < result[method]["mean_confidence"] <= 1
+    assert sum(result["class_fractions"]["reference"]) == pytest.approx(1)
+    assert (run / "evaluation.png").stat().st_size > 10_000
+    page = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "Image chains over time" in text and "four central pixels" in text
+    assert "could not draw" not in text
+
+
+def test_an_image_npy_file_trains_and_odd_sizes_are_refused_in_one_line(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "images.npy"), "--out", str(run), *TINY_IMAGES]
+    assert main([*args, "--no-progress"]) == 0
+    assert load_run(run).event_shape == (1, 8, 8)
+    np.save(tmp_path / "odd.npy", images[:, :6, :6])
+    args = ["train", "--data", str(tmp_path / "odd.npy"), "--out", str(tmp_path / "odd")]
+    assert main([*args, "--backbone-levels", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "divisible by 2**num_levels = 4" in err
+    assert not (tmp_path / "odd").exists()

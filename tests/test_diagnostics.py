@@ -225,6 +225,33 @@ def test_mode_rhat_plumbing_on_sticky_chains():
     assert s_perm.mode_rhat == pytest.approx(s.mode_rhat, rel=1e-12)
 
 
+def test_labels_given_directly_equal_labels_from_mode_centres():
+    """Image chains have classes, not centres: labels passed in give the same mode section
+    as the nearest-centre labels of the same draws."""
+    rng = np.random.default_rng(7)
+    labels = _sticky_labels(rng, n_chains=4, n_draws=300, stay=0.98)
+    idata = to_inference_data({"x": _mixture(rng, labels)})
+    by_centres = mixing_summary(idata, MODES)
+    by_labels = mixing_summary(idata, labels=labels, num_modes=4)
+    assert by_labels.mode_rhat == pytest.approx(by_centres.mode_rhat, rel=1e-12)
+    np.testing.assert_array_equal(by_labels.transitions, by_centres.transitions)
+    np.testing.assert_array_equal(by_labels.occupancy.to_numpy(), by_centres.occupancy.to_numpy())
+    # a class no draw has is reported as never visited
+    assert mixing_summary(idata, labels=labels, num_modes=6).unvisited[-2:] == [4, 5]
+
+
+def test_bad_labels_are_refused():
+    idata = to_inference_data({"x": np.random.default_rng(8).normal(size=(2, 10, 2))})
+    with pytest.raises(
+        ValueError, match=r"shape \(chain, draw\) = \(2, 10\), got int64 of shape \(2, 9\)"
+    ):
+        mixing_summary(idata, labels=np.zeros((2, 9), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"labels in 0..2, got 0..3"):
+        mixing_summary(idata, labels=np.arange(20).reshape(2, 10) % 4, num_modes=3)
+    with pytest.raises(ValueError, match="modes or labels, got both"):
+        mixing_summary(idata, MODES, labels=np.zeros((2, 10), dtype=np.int64))
+
+
 def test_summary_table_rhat():
     rng = np.random.default_rng(6)
     same = rng.normal(size=(4, 500, 2))

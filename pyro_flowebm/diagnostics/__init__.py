@@ -40,8 +40,10 @@ __all__ = [
     "Report",
     "Verdict",
     "assign_modes",
+    "image_grid",
     "mixing_summary",
     "plot_chains",
+    "plot_image_chains",
     "read_netcdf",
     "report",
     "to_inference_data",
@@ -367,6 +369,8 @@ def mixing_summary(
     idata: az.InferenceData,
     modes: ArrayLike | None = None,
     *,
+    labels: ArrayLike | None = None,
+    num_modes: int | None = None,
     var_name: str = "x",
     var_names: str | list[str] | None = None,
 ) -> MixingSummary:
@@ -388,9 +392,16 @@ def mixing_summary(
     and are left out; if none varies, ``mode_rhat`` is NaN. Chains that each stay in
     different modes give ``inf``.
 
+    Where modes have no centres (the digit classes of image chains), pass the labels
+    themselves: ``labels`` of shape ``(chain, draw)``, e.g. a classifier's class of each
+    draw (:mod:`pyro_flowebm.probe`), and the same section follows.
+
     Args:
         idata: InferenceData with a posterior group, e.g. from :func:`to_inference_data`.
         modes: Mode centres of shape ``(K, d)``; enables the mode section.
+        labels: Mode labels ``0..K-1`` of every draw, shape ``(chain, draw)``; enables the
+            mode section instead of ``modes``.
+        num_modes: ``K`` for ``labels`` (default: the largest label plus one).
         var_name: Posterior variable of shape ``(chain, draw, d)`` compared with ``modes``.
         var_names: Variables in the ArviZ table (default: all posterior variables).
 
@@ -414,20 +425,36 @@ def mixing_summary(
         >>> s.modes_visited.tolist(), s.transitions.tolist(), s.mode_rhat > 1.5
         ([1, 1], [0, 0], True)
     """
+    if modes is not None and labels is not None:
+        raise ValueError("expected modes or labels, got both")
     table = az.summary(idata, var_names=var_names, kind="all")
-    if modes is None:
+    if modes is None and labels is None:
         return MixingSummary(table=table)
 
-    centres = _to_numpy(modes)
-    values = _posterior_values(idata, var_name)
-    if centres.ndim != 2 or values.ndim != 3 or values.shape[-1] != centres.shape[-1]:
-        raise ValueError(
-            f"expected posterior {var_name!r} of shape (chain, draw, d) and modes of shape "
-            f"(K, d) with the same d, got {tuple(values.shape)} and {tuple(centres.shape)}"
-        )
-    labels = assign_modes(values, centres)
+    if labels is not None:
+        labels = _to_numpy(labels)
+        sizes = (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"])
+        if labels.shape != sizes or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"expected integer labels of shape (chain, draw) = {sizes}, got "
+                f"{labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        top = "num_modes - 1" if num_modes is None else num_modes - 1
+        if labels.min() < 0 or (num_modes is not None and labels.max() >= num_modes):
+            raise ValueError(f"expected labels in 0..{top}, got {labels.min()}..{labels.max()}")
+        n_modes = num_modes if num_modes is not None else int(labels.max()) + 1
+    else:
+        centres = _to_numpy(modes)
+        values = _posterior_values(idata, var_name)
+        if centres.ndim != 2 or values.ndim != 3 or values.shape[-1] != centres.shape[-1]:
+            raise ValueError(
+                f"expected posterior {var_name!r} of shape (chain, draw, d) and modes of "
+                f"shape (K, d) with the same d, got {tuple(values.shape)} and "
+                f"{tuple(centres.shape)}"
+            )
+        labels = assign_modes(values, centres)
+        n_modes = centres.shape[0]
     n_chains, n_draws = labels.shape
-    n_modes = centres.shape[0]
 
     counts = np.stack([np.bincount(row, minlength=n_modes) for row in labels])
     chain_coords = idata.posterior["chain"].to_numpy()
@@ -595,6 +622,87 @@ def plot_chains(
     ax.set_title(title if title is not None else f"{var_name}: {n_chains} chains × {n_draws} draws")
     if n_chains <= 10:
         ax.legend(loc="upper right", fontsize="small")
+    return ax
+
+
+def image_grid(images: ArrayLike, num_columns: int, *, pad: int = 1) -> np.ndarray:
+    """Tile images ``(N, C, H, W)`` into one ``(rows (H + pad), num_columns (W + pad), 3)``
+    RGB array in ``[0, 1]`` (one channel is shown as grey; values are clipped to
+    ``[0, 1]``, the pixel scale of dequantized images; padding is white).
+
+    Example:
+        >>> image_grid(np.zeros((5, 1, 8, 8)), num_columns=4).shape
+        (18, 36, 3)
+    """
+    images = np.clip(_to_numpy(images).astype(np.float64), 0.0, 1.0)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] < 1:
+        raise ValueError(
+            "expected at least one image of shape (N, C, H, W) with C = 1 or 3, "
+            f"got shape {images.shape}"
+        )
+    if num_columns < 1:
+        raise ValueError(f"expected num_columns >= 1, got {num_columns}")
+    n, c, h, w = images.shape
+    rows = -(-n // num_columns)
+    grid = np.ones((rows * (h + pad) + pad, num_columns * (w + pad) + pad, 3))
+    for i, image in enumerate(images):
+        r, col = divmod(i, num_columns)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top : top + h, left : left + w] = np.repeat(image, 3 // c, axis=0).transpose(1, 2, 0)
+    return grid
+
+
+def plot_image_chains(
+    idata: az.InferenceData,
+    *,
+    var_name: str = "x",
+    num_chains: int = 8,
+    num_draws: int = 12,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draws of image chains over time: one row a chain, one column a time.
+
+    The first ``num_chains`` chains, each at ``num_draws`` evenly spaced draws from the first
+    to the last kept one, tiled by :func:`image_grid`: reading along a row shows whether
+    a chain keeps producing realistic images and whether it moves between classes.
+
+    Args:
+        idata: InferenceData whose posterior holds ``var_name`` of shape
+            ``(chain, draw, C, H, W)``.
+        var_name: Posterior variable to draw.
+        num_chains: chains shown (at most those there are).
+        num_draws: draws shown per chain (at most those there are).
+        ax: Axes to draw on; a new figure is made when ``None``.
+        title: Axes title; default names the variable, chains and draws.
+
+    Returns:
+        The Axes.
+    """
+    values = _posterior_values(idata, var_name)
+    if values.ndim != 5:
+        raise ValueError(
+            f"expected {var_name!r} of shape (chain, draw, C, H, W), got {values.shape}"
+        )
+    if num_chains < 1 or num_draws < 1:
+        raise ValueError(
+            f"expected num_chains >= 1 and num_draws >= 1, got {num_chains}, {num_draws}"
+        )
+    n_chains, n_draws = min(num_chains, values.shape[0]), min(num_draws, values.shape[1])
+    times = np.linspace(0, values.shape[1] - 1, n_draws).round().astype(int)
+    picked = values[:n_chains][:, times].reshape(-1, *values.shape[2:])
+    if ax is None:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+        figure = Figure(figsize=(0.6 * n_draws + 1, 0.6 * n_chains + 0.8))
+        ax = figure.subplots()
+    ax.imshow(image_grid(picked, n_draws), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"draws {times[0]} to {times[-1]} (evenly spaced) →")
+    ax.set_ylabel("chain")
+    default = f"{var_name}: {n_chains} of {values.shape[0]} chains over {values.shape[1]} draws"
+    ax.set_title(title if title is not None else default)
     return ax
 
 

@@ -28,6 +28,7 @@ from . import (
     az,
     mixing_summary,
     plot_chains,
+    plot_image_chains,
     read_netcdf,
 )
 
@@ -472,6 +473,44 @@ def _chains_over_data_html(run: _Run, var_name: str, idata_plot: Any) -> str:
     return _plot(draw) + caption + note
 
 
+def _is_images(run: _Run, var_name: str) -> bool:
+    posterior = run.idata.posterior
+    return var_name in posterior.data_vars and posterior[var_name].ndim == 5
+
+
+def _image_chains_html(run: _Run, var_name: str) -> str:
+    n_chains = run.idata.posterior.sizes["chain"]
+    rows = min(n_chains, _MAX_CHAINS_PLOTTED)
+    return _plot(
+        lambda: plot_image_chains(
+            run.idata, var_name=var_name, num_chains=rows, num_draws=16,
+            title=f"{run.name}: {var_name}, {rows} of {n_chains} chains over time",
+        )
+    ) + (
+        "<p>One row a chain, sixteen evenly spaced draws from the first to the last: a "
+        "chain that mixes keeps producing realistic images and changes class along its row."
+        "</p>"
+    )  # fmt: skip
+
+
+def _central_pixels(idata_plot: Any, var_name: str) -> Any:
+    """Only ``var_name`` at the four central pixels of its first channel, for the trace,
+    rank and autocorrelation plots of image chains (every pixel is in the table)."""
+    x = idata_plot.posterior[var_name]
+    h, w = x.shape[3], x.shape[4]
+    picked = x.isel(
+        {
+            f"{var_name}_dim_0": [0],
+            f"{var_name}_dim_1": sorted({max(h // 2 - 1, 0), h // 2}),
+            f"{var_name}_dim_2": sorted({max(w // 2 - 1, 0), w // 2}),
+        }
+    )
+    groups = {"posterior": picked.to_dataset()}
+    if "sample_stats" in idata_plot.groups():
+        groups["sample_stats"] = idata_plot.sample_stats
+    return az.InferenceData(**groups)
+
+
 def _settings_html(run: _Run) -> str:
     attrs = dict(run.idata.posterior.attrs)
     seed = attrs.get("seed", "not recorded")
@@ -512,8 +551,16 @@ def _sections(run: _Run, var_name: str) -> list[tuple[str, str]]:
         ("Verdict", verdict_html),
         ("Summary (ArviZ)", _table_html(run)),
         ("Mode coverage", _modes_html(run)),
-        ("Chains over the data", _chains_over_data_html(run, var_name, idata_plot)),
     ]
+    if _is_images(run, var_name):
+        sections.append(("Image chains over time", _image_chains_html(run, var_name)))
+        idata_plot = _central_pixels(idata_plot, var_name)
+        plot_note += _note(
+            f"Trace, rank and autocorrelation plots show {var_name} at the four central pixels "
+            "of the first channel; the summary table holds every pixel."
+        )
+    else:
+        sections.append(("Chains over the data", _chains_over_data_html(run, var_name, idata_plot)))
 
     if stats is not None and "diverging" in stats:
         per_chain = stats["diverging"].sum("draw").to_numpy().astype(int).tolist()
