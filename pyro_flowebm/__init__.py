@@ -1,6 +1,6 @@
 """pyro_flowebm: energy-based models as exponential tilts of normalizing flows, for Pyro."""
 
-from . import datasets, diagnostics, energy, evaluate, flows
+from . import datasets, diagnostics, energy, evaluate, flows, probe
 from .distribution import FlowEBM, LatentFlowEBM
 from .flows import NormflowsTransform, flow_backbone
 from .infer import data_space_nuts, latent_nuts
@@ -25,6 +25,7 @@ __all__ = [
     "flows",
     "latent_nuts",
     "load_run",
+    "probe",
 ]
 
 __version__ = "0.1.0"

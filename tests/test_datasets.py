@@ -1,9 +1,11 @@
-"""Toy data sets against their known structure and log densities; loading and validation."""
+"""Toy data sets against their known structure and log densities; loading and validation; images."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,17 @@ from scipy import stats
 from torch import Tensor
 
 from pyro_flowebm import datasets
-from pyro_flowebm.datasets import TOYS, Toy, load, load_file, validate_data
+from pyro_flowebm.datasets import (
+    IMAGE_SETS,
+    TOYS,
+    ImageSet,
+    Toy,
+    dequantize,
+    load,
+    load_file,
+    load_images,
+    validate_data,
+)
 
 MIXTURES = ["eight_gaussians", "mixture_unequal"]
 WITH_LOG_PROB = ["eight_gaussians", "mixture_unequal", "rings", "checkerboard"]
@@ -392,3 +404,340 @@ def test_load_of_an_unknown_name_lists_the_known_ones():
         load("moons")
     for name in TOYS:
         assert name in str(info.value)
+
+
+# Images: the digits.
+
+
+def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+def test_image_sets_are_named():
+    assert IMAGE_SETS == ("digits", "cifar10", "svhn")
+
+
+@pytest.mark.parametrize("split, n", [("train", 1500), ("validation", 297), ("all", 1797)])
+def test_digits_splits_have_the_documented_sizes_shapes_and_levels(split, n):
+    s = load_images("digits", split)
+    assert isinstance(s, ImageSet) and s.name == "digits" and s.levels == 17
+    assert s.images.shape == (n, 1, 8, 8) and s.images.dtype == torch.float32
+    assert s.labels.shape == (n,) and s.labels.dtype == torch.int64
+    assert set(s.labels.tolist()) == set(range(10))
+
+
+def test_digits_are_sklearn_digits_on_the_lattice_k_over_17():
+    pixels, target = sklearn_digits()
+    s = load_images("digits", "all")
+    k = s.images * 17
+    # Exactly on the lattice: float32(k) / 17 is the correctly rounded k / 17.
+    assert torch.equal(s.images, k.round() / 17)
+    assert k.round().min() == 0 and k.round().max() == 16
+    assert torch.equal(k.round().double(), torch.as_tensor(pixels)[:, None])
+    assert torch.equal(s.labels, torch.as_tensor(target))
+
+
+def test_digits_split_is_a_disjoint_cover_of_the_data_set():
+    whole = load_images("digits", "all")
+    train_idx, val_idx = datasets._digits_split(whole.labels.numpy())
+    assert len(np.intersect1d(train_idx, val_idx)) == 0
+    assert np.array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(1797))
+    for split, idx in (("train", train_idx), ("validation", val_idx)):
+        s = load_images("digits", split)
+        assert torch.equal(s.images, whole.images[idx]) and torch.equal(s.labels, whole.labels[idx])
+
+
+def test_digits_split_is_stratified_and_never_changes():
+    whole = load_images("digits", "all").labels
+    val = load_images("digits", "validation").labels
+    # Each class in proportion to its size, within one image (largest remainders).
+    share = torch.bincount(whole).double() * 297 / 1797
+    assert ((torch.bincount(val).double() - share).abs() < 1).all()
+    a, b = load_images("digits", "validation"), load_images("digits", "validation")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    # Pinned: a change of the split (or of torch's randperm) would make old numbers moot.
+    _, val_idx = datasets._digits_split(whole.numpy())
+    assert val_idx[:8].tolist() == [1, 2, 6, 13, 16, 22, 25, 29] and val_idx.sum() == 271953
+
+
+# Images: .npy files.
+
+
+def save(tmp_path: Path, array: np.ndarray, name: str = "images.npy") -> Path:
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+def numbered(n: int, shape: tuple[int, ...] = (1, 2, 2)) -> np.ndarray:
+    """n images, image i filled with the level i: images identify themselves."""
+    return np.broadcast_to(np.arange(n, dtype=np.int64).reshape(n, 1, 1, 1), (n, *shape)).copy()
+
+
+@pytest.mark.parametrize(
+    "array, levels",
+    [
+        (np.array([[[0, 7], [255, 3]]], dtype=np.uint8), 256),
+        (np.array([[[0, 7], [16, 3]]], dtype=np.int16), 17),
+        (np.array([[[0, 7], [16, 3]]], dtype=np.uint32), 17),
+        (np.zeros((1, 2, 2), dtype=np.int64), 2),
+        (np.array([[[0, 1], [2, 65535]]], dtype=np.uint16), 65536),
+    ],
+)
+def test_npy_integer_levels_follow_the_documented_rule(tmp_path: Path, array, levels):
+    s = load_images(save(tmp_path, array), "all")
+    assert s.levels == levels and s.labels is None and s.images.dtype == torch.float32
+    assert s.images.shape == (1, 1, 2, 2)
+    assert torch.equal(s.images * levels, torch.as_tensor(array[:, None]).float())
+
+
+def test_npy_floats_in_the_unit_interval_are_8_bit_images(tmp_path: Path):
+    v = np.array([[[0.0, 1.0], [0.5, 0.2]]], dtype=np.float64)
+    s = load_images(save(tmp_path, v), "all")
+    assert s.levels == 256
+    expected = torch.tensor([[0.0, 255.0], [128.0, 51.0]]) / 256  # round(v * 255) / 256
+    assert torch.equal(s.images[0, 0], expected)
+
+
+def test_npy_keeps_channels_and_odd_sizes_and_names_the_file(tmp_path: Path):
+    array = np.random.default_rng(0).integers(0, 256, (4, 3, 5, 7), dtype=np.uint8)
+    path = save(tmp_path, array)
+    s = load_images(str(path), "all")
+    assert s.images.shape == (4, 3, 5, 7) and s.name == str(path)
+    assert torch.equal(s.images * 256, torch.as_tensor(array).float())
+
+
+@pytest.mark.parametrize("n", [2, 9, 10, 25, 101])
+def test_npy_split_holds_out_a_fixed_tenth(tmp_path: Path, n):
+    path = save(tmp_path, numbered(n).astype(np.uint16))
+    train, val = load_images(path), load_images(path, "validation")
+    ids_train = (train.images[:, 0, 0, 0] * train.levels).round().long()
+    ids_val = (val.images[:, 0, 0, 0] * val.levels).round().long()
+    assert len(ids_val) == max(1, n // 10) and len(ids_train) == n - len(ids_val)
+    assert sorted(ids_train.tolist() + ids_val.tolist()) == list(range(n))
+    # The documented rule: the last images of a seed-0 permutation, in file order.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    assert ids_val.tolist() == sorted(order[n - len(ids_val) :].tolist())
+    assert torch.equal(load_images(path, "validation").images, val.images)
+    assert load_images(path, "all").images.shape[0] == n
+
+
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        (np.array([[[0.5, np.nan]]]), "finite pixel values .* got 1 NaN and 0 infinite"),
+        (np.array([[[np.inf, -np.inf]]]), "got 0 NaN and 2 infinite"),
+        (np.array([[[0.5, -0.1]]]), "float pixel values in \\[0, 1\\] .* got values in \\[-0.1"),
+        (np.array([[[0.5, 2.0]]]), "got values in \\[0.5, 2.0\\]"),
+        (np.array([[[3, -1]]]), "integer pixel levels >= 0 .* got minimum -1"),
+        (np.array([[[0, 70000]]], dtype=np.int32), "at most 65535 .* got maximum 70000"),
+        (np.zeros((4, 4)), "\\(N, C, H, W\\) or \\(N, H, W\\) .* got 2-D shape \\(4, 4\\)"),
+        (np.zeros((1, 1, 1, 2, 2)), "got 5-D"),
+        (np.zeros((0, 2, 2)), "at least one image .* got shape \\(0, 1, 2, 2\\)"),
+        (np.zeros((2, 1, 0, 2)), "at least one image .* got shape \\(2, 1, 0, 2\\)"),
+        (np.ones((2, 2, 2), dtype=bool), "integer or float array .* got dtype bool"),
+        (np.ones((2, 2, 2), dtype=np.complex64), "got dtype complex64"),
+    ],
+)
+def test_npy_refusals_say_what_was_expected_and_given(tmp_path: Path, array, match):
+    path = save(tmp_path, array)
+    with pytest.raises(ValueError, match=match) as info:
+        load_images(path, "all")
+    assert str(path) in str(info.value)
+
+
+def test_npy_of_one_image_loads_whole_but_does_not_split(tmp_path: Path):
+    path = save(tmp_path, np.zeros((1, 2, 2), dtype=np.uint8))
+    assert load_images(path, "all").images.shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match="at least 2 images .* got 1; use split='all'"):
+        load_images(path, "train")
+
+
+def test_missing_npy_unknown_sources_and_splits_are_refused(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="missing.npy: no such file"):
+        load_images(tmp_path / "missing.npy")
+    with pytest.raises(
+        ValueError, match="digits, cifar10, svhn\\) or a path to a .npy file, got 'mnist'"
+    ):
+        load_images("mnist")
+    with pytest.raises(ValueError, match="got 'images.pt'"):
+        load_images("images.pt")
+    with pytest.raises(
+        ValueError, match="expected split in \\('train', 'validation', 'all'\\), got 'test'"
+    ):
+        load_images("digits", "test")
+
+
+# Images: CIFAR-10 and SVHN from fake files in the exact on-disk formats.
+
+
+# numpy's array unpickling function, whichever module numpy keeps it in.
+_reconstruct = np.zeros(0).__reduce__()[0]
+
+
+class Python2Pickler(pickle.Pickler):
+    """Pickles uint8 arrays as numpy did under Python 2: byte strings for every str.
+
+    Python 2's str became bytes under ``encoding="bytes"``, so its numpy pickles hand the
+    dtype b"u1", the byte order b"|" and the raw data to numpy.core.multiarray as bytes.
+    """
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            state = (1, obj.shape, obj.dtype, False, obj.tobytes())
+            return _reconstruct, (np.ndarray, (0,), b"b"), state
+        if isinstance(obj, np.dtype):
+            return np.dtype, (b"u1", 0, 1), (3, b"|", None, None, None, -1, -1, 0)
+        return NotImplemented
+
+
+def write_cifar(root: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, tuple]:
+    """CIFAR-10 batches as the real files are: Python 2 pickles of dicts with bytes keys."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name, n in sizes.items():
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
+        batch[b"filenames"] = [f"{i}.png".encode() for i in range(n)]
+        buffer = io.BytesIO()
+        Python2Pickler(buffer, protocol=2).dump(batch)
+        # Python 2's numpy lived at numpy.core, which numpy 2 still unpickles.
+        (folder / name).write_bytes(buffer.getvalue().replace(b"numpy._core.", b"numpy.core."))
+        batches[name] = (data, labels)
+    return batches
+
+
+CIFAR_SIZES = {f"data_batch_{i}": i for i in range(1, 6)} | {"test_batch": 3}
+
+
+def test_cifar10_reads_the_pickled_batches_channel_planes_first(tmp_path: Path):
+    batches = write_cifar(tmp_path, CIFAR_SIZES)
+    train = load_images("cifar10", root=tmp_path)
+    val = load_images("cifar10", "validation", root=str(tmp_path))
+    every = load_images("cifar10", "all", root=tmp_path)
+    assert train.images.shape == (15, 3, 32, 32) and val.images.shape == (3, 3, 32, 32)
+    assert train.levels == val.levels == 256 and train.name == "cifar10"
+    order = [f"data_batch_{i}" for i in range(1, 6)]
+    data = np.concatenate([batches[b][0] for b in order])
+    labels = sum((batches[b][1] for b in order), [])
+    assert train.labels.tolist() == labels and train.labels.dtype == torch.int64
+    # Pixel (c, h, w) of image i is byte c * 1024 + h * 32 + w of its row.
+    i, c, h, w = 7, 2, 5, 30
+    assert train.images[i, c, h, w] * 256 == data[i, c * 1024 + h * 32 + w]
+    assert torch.equal(train.images * 256, torch.as_tensor(data).float().reshape(15, 3, 32, 32))
+    assert torch.equal(val.labels, torch.as_tensor(batches["test_batch"][1]))
+    assert torch.equal(every.images, torch.cat([train.images, val.images]))
+
+
+def test_cifar10_refuses_pickles_that_name_anything_but_arrays(tmp_path: Path):
+    write_cifar(tmp_path, CIFAR_SIZES)
+    import datetime
+
+    evil = pickle.dumps({b"data": datetime.date(2020, 1, 1), b"labels": []}, protocol=2)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(evil)
+    with pytest.raises(ValueError, match="only NumPy arrays .* got a reference to datetime.date"):
+        load_images("cifar10", "validation", root=tmp_path)
+
+
+def test_svhn_reads_the_mat_files_and_maps_label_10_to_digit_0(tmp_path: Path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (32, 32, 3, 6), dtype=np.uint8)
+    y = np.array([[10], [1], [9], [10], [5], [2]], dtype=np.uint8)
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    savemat(tmp_path / "test_32x32.mat", {"X": x[..., :2], "y": y[:2].astype(np.float64)})
+    train = load_images("svhn", root=tmp_path)
+    val = load_images("svhn", "validation", root=tmp_path)
+    assert train.images.shape == (6, 3, 32, 32) and train.levels == 256
+    assert train.labels.tolist() == [0, 1, 9, 0, 5, 2] and val.labels.tolist() == [0, 1]
+    # X[h, w, c, i] is pixel (c, h, w) of image i.
+    assert train.images[4, 1, 3, 20] * 256 == x[3, 20, 1, 4]
+    assert torch.equal(train.images * 256, torch.as_tensor(x).permute(3, 2, 0, 1).float())
+    assert load_images("svhn", "all", root=tmp_path).images.shape == (8, 3, 32, 32)
+
+
+def test_image_sets_default_to_data_under_the_working_directory(tmp_path, monkeypatch):
+    write_cifar(tmp_path / "data", CIFAR_SIZES)
+    monkeypatch.chdir(tmp_path)
+    assert load_images("cifar10", "validation").images.shape == (3, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "source, missing",
+    [("cifar10", "cifar-10-batches-py/data_batch_1"), ("svhn", "train_32x32.mat")],
+)
+def test_missing_image_files_name_the_path_and_download_nothing(tmp_path, source, missing):
+    with pytest.raises(FileNotFoundError) as info:
+        load_images(source, root=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / missing) in message and "nothing is downloaded" in message
+
+
+# Images: the container and dequantization.
+
+
+def test_image_set_is_frozen_and_checks_its_fields():
+    images = torch.zeros(2, 1, 2, 2, dtype=torch.float32)
+    s = ImageSet(images, torch.tensor([0, 1]), 2, "x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.levels = 3
+    with pytest.raises(ValueError, match="float32 of shape \\(N, C, H, W\\), got torch.float64"):
+        ImageSet(images.double(), None, 2, "x")
+    with pytest.raises(ValueError, match="got torch.float32 of shape \\(2, 2, 2\\)"):
+        ImageSet(images[:, 0], None, 2, "x")
+    with pytest.raises(
+        ValueError, match="int64 of shape \\(2,\\), got torch.int64 of shape \\(3,\\)"
+    ):
+        ImageSet(images, torch.tensor([0, 1, 2]), 2, "x")
+    with pytest.raises(ValueError, match="levels >= 2, got 1"):
+        ImageSet(images, None, 1, "x")
+
+
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_dequantize_adds_uniform_noise_within_each_cell(levels):
+    n = 200_000
+    g = torch.Generator().manual_seed(levels)
+    x = torch.randint(levels, (n,), generator=g).double() / levels
+    y = dequantize(x, levels, generator=g)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert (y >= 0).all() and (y < 1).all()
+    # Each value stays in its own cell [k / L, (k + 1) / L).
+    assert torch.equal(torch.floor(y * levels), (x * levels).round())
+    # u = L (y - x) is U(0, 1): mean 1/2, E (u - 1/2)^2 = 1/12, with known standard errors
+    # sqrt(1/12 / n) and sqrt((1/80 - 1/144) / n).
+    u = levels * (y - x)
+    z_mean = abs(u.mean().item() - 0.5) / math.sqrt(1 / 12 / n)
+    z_var = abs(((u - 0.5) ** 2).mean().item() - 1 / 12) / math.sqrt((1 / 80 - 1 / 144) / n)
+    assert max(z_mean, z_var) < z_bound(2), (z_mean, z_var)
+
+
+def test_dequantize_is_reproducible_and_keeps_float32(monkeypatch):
+    x = load_images("digits", "validation").images
+    a = dequantize(x, 17, generator=torch.Generator().manual_seed(3))
+    b = dequantize(x, 17, generator=torch.Generator().manual_seed(3))
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+    # The top level plus the largest draw of torch.rand rounds to 1 in float32: kept below 1.
+    top = torch.full((4,), 255 / 256, dtype=torch.float32)
+    largest = 1 - 2.0**-24
+    assert (top + largest / 256 == 1).all()  # what the clamp is for
+
+    def rand(shape, *, generator=None, dtype=None, device=None):
+        return torch.full(shape, largest, dtype=dtype, device=device)
+
+    monkeypatch.setattr(torch, "rand", rand)
+    y = dequantize(top, 256)
+    assert (y < 1).all() and (y >= top).all()
+
+
+def test_dequantize_refuses_integers_and_too_few_levels():
+    with pytest.raises(ValueError, match="floating images .* got dtype torch.int64"):
+        dequantize(torch.zeros(3, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="levels >= 2, got 1"):
+        dequantize(torch.zeros(3), 1)
