@@ -458,5 +458,9 @@ def flow_backbone(
         }
     )
     loc = torch.zeros(event_shape, **factory)
-    base = dist.Normal(loc, torch.ones_like(loc)).to_event(len(event_shape))
+    # The base does not validate its values: a point outside the flow's range (beyond a
+    # logit layer's interval) has a NaN latent value, and its NaN log-density is for a
+    # sampler to reject, not an error in the middle of a chain.
+    normal = dist.Normal(loc, torch.ones_like(loc), validate_args=False)
+    base = dist.Independent(normal, len(event_shape), validate_args=False)
     return dist.TransformedDistribution(base, [transform])

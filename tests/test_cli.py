@@ -149,8 +149,10 @@ def test_bad_data_message_is_one_line(tmp_path):
         ["evaluate"],
     ],
 )
-def test_bad_arguments_exit_2_with_a_one_line_reason(capsys, args):
+def test_bad_arguments_exit_2_with_a_one_line_reason(capsys, args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(args) == 2
+    assert not (tmp_path / "x").exists()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0], lines
 

@@ -36,7 +36,10 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 def _data_potential(ebm: FlowEBM) -> Callable[[Tensor], Tensor]:
     r""":math:`-\log p(x) + \text{const} = E(x) - \log q(x)`, without value validation (a
     sampler's proposals may leave the support; the samplers handle non-finite values)."""
-    return lambda x: ebm.energy_of(x) - ebm.backbone.log_prob(x)
+    q = ebm.backbone
+    # The same transforms (and parameters), without the check that would raise on a NaN.
+    q = type(q)(q.base_dist, q.transforms, validate_args=False)
+    return lambda x: ebm.energy_of(x) - q.log_prob(x)
 
 
 def _finite_potential(potential: Callable[[Tensor], Tensor]) -> Callable[[dict], Tensor]:
