@@ -329,6 +329,28 @@ def _conv_net(c_in: int, c_out: int, hidden: int) -> nn.Module:
     return net
 
 
+class _ActNorm(nf.flows.ActNorm):
+    """normflows' ActNorm (data-dependent initialization on the first batch), with the
+    "initialized yet?" test made once: normflows reads a tensor flag on every call, which
+    on a GPU waits for the device each time and breaks ``torch.compile``'s graph."""
+
+    _initialized = False  # a Python flag, set once the buffer says so
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self._initialized:
+            return nf.flows.AffineConstFlow.forward(self, z)
+        out = super().forward(z)
+        self._initialized = bool(self.data_dep_init_done > 0)
+        return out
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self._initialized:
+            return nf.flows.AffineConstFlow.inverse(self, z)
+        out = super().inverse(z)
+        self._initialized = bool(self.data_dep_init_done > 0)
+        return out
+
+
 def _glow_step(channels: int, hidden: int) -> list[nf.flows.Flow]:
     """ActNorm, invertible 1x1 convolution, affine coupling (density direction), as the
     layers of normflows' ``GlowBlock`` but with a smooth conditioner."""
@@ -343,7 +365,7 @@ def _glow_step(channels: int, hidden: int) -> list[nf.flows.Flow]:
         # deprecates; the factors are the same.
         warnings.filterwarnings("ignore", message=r"(?s).*torch\.lu is deprecated")
         mixing = nf.flows.Invertible1x1Conv(channels, use_lu=True)
-    return [coupling, mixing, nf.flows.ActNorm((channels, 1, 1))]
+    return [coupling, mixing, _ActNorm((channels, 1, 1))]
 
 
 def glow(

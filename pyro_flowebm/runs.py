@@ -376,7 +376,11 @@ def train_run(
     train, heldout, levels = _split(config)  # raises on bad data before anything is touched
     config.build(tuple(train.shape[1:]))  # and on a model that does not fit the data
     resuming = _prepare(out, config, resume, overwrite)
-    checkpoint = _load(out / CHECKPOINT) if resuming and (out / CHECKPOINT).is_file() else None
+    checkpoint = (
+        _load(out / CHECKPOINT, config.device)  # persistent chains go back to the device
+        if resuming and (out / CHECKPOINT).is_file()
+        else None
+    )
     if not resuming:
         out.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:

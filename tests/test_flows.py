@@ -293,3 +293,22 @@ def test_image_flow_bad_arguments_are_refused():
         flows.glow((1, 4, 4), num_levels=1, logit_alpha=0.5)
     with pytest.raises(ValueError, match="num_levels, num_steps and hidden >= 1"):
         flows.glow((1, 4, 4), num_levels=0)
+
+
+def test_image_flow_actnorm_initializes_once_and_travels_with_the_state_dict():
+    """ActNorm standardizes the first batch it sees (Glow's data-dependent initialization),
+    never a later one, and a state dict loaded into a fresh flow is not re-initialized."""
+    torch.manual_seed(1)
+    t = flows.glow((1, 4, 4), num_levels=1, num_steps=1, hidden=4, logit_alpha=None)
+    first = 3.0 + 2.0 * torch.randn(64, 1, 4, 4)
+    t.inv(first)
+    actnorm = [m for m in t.modules() if isinstance(m, nf.flows.ActNorm)][0]
+    s, shift = actnorm.s.detach().clone(), actnorm.t.detach().clone()
+    t.inv(-5.0 + 0.1 * torch.randn(64, 1, 4, 4))  # a very different batch changes nothing
+    torch.testing.assert_close(actnorm.s, s, atol=0, rtol=0)
+    torch.testing.assert_close(actnorm.t, shift, atol=0, rtol=0)
+    fresh = flows.glow((1, 4, 4), num_levels=1, num_steps=1, hidden=4, logit_alpha=None)
+    fresh.load_state_dict(t.state_dict())
+    x = torch.randn(8, 1, 4, 4)
+    torch.testing.assert_close(fresh.inv(x), t.inv(x), atol=0, rtol=0)
+    torch.testing.assert_close(fresh(x), t(x), atol=0, rtol=0)

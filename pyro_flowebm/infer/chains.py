@@ -157,6 +157,8 @@ def run_chains(
         for k, v in vars(kernel).items()
         if not k.startswith("_") and isinstance(v, bool | int | float | str)
     }
+    if draws.device.type == "cuda":
+        torch.cuda.synchronize(draws.device)  # kernels run asynchronously: wait for them
     # What warm-up settled on, and the whole run's cost, warm-up included.
     adapted = {"num_grad_evals": grad_evals, "sampling_time": round(time.perf_counter() - start, 3)}
     if hasattr(kernel, "current_step_size"):
