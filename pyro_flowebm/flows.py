@@ -336,19 +336,18 @@ class _ActNorm(nf.flows.ActNorm):
 
     _initialized = False  # a Python flag, set once the buffer says so
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _once(self, direction: str, z: Tensor) -> tuple[Tensor, Tensor]:
         if self._initialized:
-            return nf.flows.AffineConstFlow.forward(self, z)
-        out = super().forward(z)
+            return getattr(nf.flows.AffineConstFlow, direction)(self, z)
+        out = getattr(super(), direction)(z)
         self._initialized = bool(self.data_dep_init_done > 0)
         return out
 
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self._once("forward", z)
+
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if self._initialized:
-            return nf.flows.AffineConstFlow.inverse(self, z)
-        out = super().inverse(z)
-        self._initialized = bool(self.data_dep_init_done > 0)
-        return out
+        return self._once("inverse", z)
 
 
 def _glow_step(channels: int, hidden: int) -> list[nf.flows.Flow]:
