@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._dense import Dense
+
 __all__ = ["ConvEnergy", "MLPEnergy"]
 
 
@@ -41,8 +43,8 @@ class MLPEnergy(nn.Module):
         sizes = [dim] + [hidden] * num_layers
         layers: list[nn.Module] = []
         for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True):
-            layers += [nn.Linear(d_in, d_out), nn.SiLU()]
-        layers.append(nn.Linear(hidden, 1))
+            layers += [Dense(d_in, d_out), nn.SiLU()]
+        layers.append(Dense(hidden, 1))
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)
         self.net = nn.Sequential(*layers)

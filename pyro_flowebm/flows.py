@@ -13,6 +13,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ._dense import Dense
+
 __all__ = [
     "NormflowsTransform",
     "flow_backbone",
@@ -170,11 +172,11 @@ def _coupling_net(d_in: int, d_out: int, hidden: int) -> nn.Module:
     # make the leapfrog error jump. The last layer starts at zero, so the flow starts as the
     # identity.
     net = nn.Sequential(
-        nn.Linear(d_in, hidden),
+        Dense(d_in, hidden),
         nn.Tanh(),
-        nn.Linear(hidden, hidden),
+        Dense(hidden, hidden),
         nn.Tanh(),
-        nn.Linear(hidden, d_out),
+        Dense(hidden, d_out),
     )
     nn.init.zeros_(net[-1].weight)
     nn.init.zeros_(net[-1].bias)

@@ -312,3 +312,29 @@ def test_image_flow_actnorm_initializes_once_and_travels_with_the_state_dict():
     x = torch.randn(8, 1, 4, 4)
     torch.testing.assert_close(fresh.inv(x), t.inv(x), atol=0, rtol=0)
     torch.testing.assert_close(fresh(x), t(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (2, 5), (5, 1), (5, 2), (5, 6)])
+def test_dense_traced_by_torch_compile_equals_the_linear_layer(shape):
+    """Under torch.compile a thin Dense is a broadcast product and a sum (what Inductor
+    fuses); the numbers and the gradients are those of the matrix multiply."""
+    from pyro_flowebm._dense import Dense
+
+    layer = Dense(*shape)
+    x = torch.randn(7, 3, shape[0], requires_grad=True)
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    traced = torch.compile(layer, backend=record, fullgraph=True)
+    out, expected = traced(x), nn.functional.linear(x, layer.weight, layer.bias)
+    calls = {str(node.target) for g in graphs for node in g.graph.nodes}
+    # thin layers are traced without a matrix multiply, wide ones with one
+    assert any("linear" in c for c in calls) == (min(shape) > 2)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    grads = torch.autograd.grad(out.sum(), [x, layer.weight])
+    expected_grads = torch.autograd.grad(expected.sum(), [x, layer.weight])
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)
