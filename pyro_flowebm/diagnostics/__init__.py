@@ -626,13 +626,14 @@ def plot_chains(
 
 
 def image_grid(images: ArrayLike, num_columns: int, *, pad: int = 1) -> np.ndarray:
-    """Tile images ``(N, C, H, W)`` into one ``(rows (H + pad), num_columns (W + pad), 3)``
-    RGB array in ``[0, 1]`` (one channel is shown as grey; values are clipped to
-    ``[0, 1]``, the pixel scale of dequantized images; padding is white).
+    """Tile images ``(N, C, H, W)`` into one RGB array in ``[0, 1]`` of shape
+    ``(rows (H + pad) + pad, num_columns (W + pad) + pad, 3)``: one channel is shown as
+    grey, values are clipped to ``[0, 1]`` (the pixel scale of dequantized images), padding
+    is white.
 
     Example:
-        >>> image_grid(np.zeros((5, 1, 8, 8)), num_columns=4).shape
-        (18, 36, 3)
+        >>> image_grid(np.zeros((5, 1, 8, 8)), num_columns=4).shape  # 2 rows of 4
+        (19, 37, 3)
     """
     images = np.clip(_to_numpy(images).astype(np.float64), 0.0, 1.0)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] < 1:
