@@ -43,10 +43,10 @@ import torch
 from _common import RESULTS, base_parser, markdown_table, setup, write_results
 
 from pyro_flowebm import datasets
-from pyro_flowebm.diagnostics import mixing_summary, plot_image_chains
+from pyro_flowebm.diagnostics import mixing_summary, plot_image_chains, to_inference_data
 from pyro_flowebm.infer import HMC, MALA, Cycle, IndependenceMH, run_chains
 from pyro_flowebm.infer.nuts import _data_potential
-from pyro_flowebm.probe import load_or_fit_probe
+from pyro_flowebm.probe import frechet_distance, load_or_fit_probe
 from pyro_flowebm.runs import CHECKPOINT, RunConfig, load_run, train_run
 
 LEAPFROG = 5
@@ -100,9 +100,8 @@ def model_run(args) -> Path:
     return run
 
 
-def starting_images(levels: int, n: int, seed: int) -> torch.Tensor:
+def starting_images(held: datasets.ImageSet, n: int, seed: int) -> torch.Tensor:
     """``n`` held-out digits, as evenly over the classes as the split allows, dequantized."""
-    held = datasets.load_images("digits", "validation")
     order = torch.randperm(len(held.labels), generator=torch.Generator().manual_seed(seed))
     picked: list[int] = []
     per_class = {c: [int(i) for i in order if held.labels[i] == c] for c in range(10)}
@@ -111,7 +110,7 @@ def starting_images(levels: int, n: int, seed: int) -> torch.Tensor:
             if per_class[c] and len(picked) < n:
                 picked.append(per_class[c].pop(0))
     noise = torch.Generator().manual_seed(seed + 1)
-    return datasets.dequantize(held.images[picked], levels, generator=noise)
+    return datasets.dequantize(held.images[picked], held.levels, generator=noise)
 
 
 def run_sampler(name: str, ebm: Any, x0: torch.Tensor, args) -> tuple[np.ndarray, float, Any]:
@@ -144,8 +143,6 @@ def run_sampler(name: str, ebm: Any, x0: torch.Tensor, args) -> tuple[np.ndarray
 
 def study(name: str, draws: np.ndarray, probe: Any, reference: torch.Tensor, args) -> dict:
     """Probe metrics along the run, per-chain class changes and class mixing of one sampler."""
-    from pyro_flowebm.probe import frechet_distance
-
     n_chains, n_draws = draws.shape[:2]
     images = torch.as_tensor(draws.reshape(-1, *draws.shape[2:]), dtype=torch.float32)
     with torch.no_grad():
@@ -183,8 +180,6 @@ def study(name: str, draws: np.ndarray, probe: Any, reference: torch.Tensor, arg
         return max(abs(w[key] / ref_w[key] - 1) for w in later)
 
     changes = (np.diff(classes, axis=1) != 0).sum(axis=1)
-    from pyro_flowebm.diagnostics import to_inference_data
-
     summary = mixing_summary(
         to_inference_data({"confidence": confidence.numpy()}), labels=classes, num_modes=10
     )
@@ -242,11 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     run = model_run(args)
     ebm = load_run(run, device="cpu")
-    levels = datasets.load_images("digits").levels
     probe = load_or_fit_probe(run / "probe.pt")
     held = datasets.load_images("digits", "validation")
-    reference = datasets.dequantize(held.images, levels, generator=torch.Generator().manual_seed(0))
-    x0 = starting_images(levels, args.num_chains, args.seed)
+    noise = torch.Generator().manual_seed(0)
+    reference = datasets.dequantize(held.images, held.levels, generator=noise)
+    x0 = starting_images(held, args.num_chains, args.seed)
 
     results, idatas = [], {}
     for name in SAMPLERS:

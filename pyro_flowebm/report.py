@@ -18,7 +18,7 @@ from .distribution import FlowEBM
 from .evaluate import bits_per_dim, evaluate_samples, mmd
 from .infer import HMC, Cycle, IndependenceMH, latent_nuts, run_chains
 from .infer.nuts import _data_potential, _seeded
-from .runs import _write_text, load_run, read_config, read_data, read_levels
+from .runs import RunConfig, _write_text, load_run, read_config, read_data, read_levels
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -195,7 +195,9 @@ def evaluate_run(
                 f"expected no --data for an image run (it is compared with its own held-out "
                 f"images), got {data!r}"
             )
-        return _evaluate_images(run_dir, ebm, samples, num_samples, seed, plots, progress_bar)
+        return _evaluate_images(
+            run_dir, config, ebm, samples, num_samples, seed, plots, progress_bar
+        )
     if data is None:
         reference = read_data(run_dir)[1].cpu()
         toy, source = _toy_of(config.data), "heldout"
@@ -251,6 +253,7 @@ def _draws(
 
 def _evaluate_images(
     run_dir: Path,
+    config: RunConfig,
     ebm: FlowEBM,
     samples: str | os.PathLike[str] | None,
     num_samples: int,
@@ -261,7 +264,6 @@ def _evaluate_images(
     """evaluate_run for images: bits per dimension, the digits probe, MMD, image grids."""
     from .probe import load_or_fit_probe, probe_summary
 
-    config = read_config(run_dir)
     levels = read_levels(run_dir)
     heldout = read_data(run_dir)[1].cpu()
     noise = torch.Generator().manual_seed(seed)

@@ -374,7 +374,9 @@ def train_run(
     """
     out = Path(out)
     train, heldout, levels = _split(config)  # raises on bad data before anything is touched
-    config.build(tuple(train.shape[1:]))  # and on a model that does not fit the data
+    event_shape = tuple(train.shape[1:])
+    pyro.set_rng_seed(config.seed)
+    ebm = config.build(event_shape)  # and on a model that does not fit the data
     resuming = _prepare(out, config, resume, overwrite)
     checkpoint = (
         _load(out / CHECKPOINT, config.device)  # persistent chains go back to the device
@@ -392,9 +394,6 @@ def train_run(
     device = torch.device(config.device)
     train, heldout = train.to(device), heldout.to(device)
 
-    pyro.set_rng_seed(config.seed)
-    event_shape = tuple(train.shape[1:])
-    ebm = config.build(event_shape)
     backbone = backbone_modules(ebm)
     metrics_path = out / METRICS
     if checkpoint is None:
