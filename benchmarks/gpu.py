@@ -641,7 +641,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return measure(args)
     # Inductor caches compiled graphs (and Triton kernels) on disk across processes: a fresh
     # folder makes every compile time that of a first run.
-    with tempfile.TemporaryDirectory(prefix="flowebm_inductor_") as folder:
+    with tempfile.TemporaryDirectory(
+        prefix="flowebm_inductor_", ignore_cleanup_errors=True
+    ) as folder:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
         return measure(args)
 

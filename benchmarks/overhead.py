@@ -302,7 +302,9 @@ def compiled_path(args: argparse.Namespace) -> list[dict[str, Any]]:
     # Inductor caches compiled graphs on disk across processes: a fresh folder makes the
     # compile times those of a first run.
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="flowebm_inductor_") as folder:
+    with tempfile.TemporaryDirectory(
+        prefix="flowebm_inductor_", ignore_cleanup_errors=True
+    ) as folder:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
         try:
             return compiled_cases(args)

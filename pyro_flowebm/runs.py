@@ -19,7 +19,7 @@ from ._atomic import atomic_write
 from .distribution import FlowEBM
 from .energy import ConvEnergy, MLPEnergy
 from .flows import flow_backbone
-from .train import backbone_modules, fit_backbone, fit_ebm
+from .train import backbone_modules, fit_backbone, fit_ebm, rng_state, set_rng_state
 
 __all__ = ["RunConfig", "RunExistsError", "load_run", "read_metrics", "train_run"]
 
@@ -415,7 +415,7 @@ def train_run(
             "event_shape": list(event_shape),
             "backbone": backbone.state_dict(),
             "energy": ebm.energy.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": rng_state(),
         }
         _save(checkpoint, out / CHECKPOINT)
     else:
@@ -425,7 +425,7 @@ def train_run(
         _write_text("".join(json.dumps(m) + "\n" for m in kept), metrics_path)
     backbone.load_state_dict(checkpoint["backbone"])
     ebm.energy.load_state_dict(checkpoint["energy"])
-    torch.set_rng_state(checkpoint["rng"])
+    set_rng_state(checkpoint["rng"])
     trainer = checkpoint.get("trainer")
     if trainer is not None and trainer["step"] >= config.steps:
         return ebm  # the run is complete

@@ -141,6 +141,35 @@ def _parameters(module: object) -> list[nn.Parameter]:
     return list(module.parameters()) if isinstance(module, nn.Module) else []
 
 
+def rng_state() -> dict[str, Any]:
+    """The state of torch's generators: the CPU one, and CUDA's once CUDA is in use.
+
+    Example:
+        >>> state = rng_state()
+        >>> a = torch.rand(2)
+        >>> set_rng_state(state)
+        >>> torch.equal(torch.rand(2), a)
+        True
+    """
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any] | Tensor) -> None:
+    """Restore what :func:`rng_state` returned (a bare tensor: the CPU generator alone).
+
+    The states may come back from a checkpoint loaded onto a GPU: generators take them on
+    the CPU.
+    """
+    if isinstance(state, Tensor):  # checkpoints written before CUDA's state was kept
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
 def backbone_modules(ebm: FlowEBM) -> nn.ModuleList:
     """The backbone's trainable transforms as one ``nn.ModuleList`` (for state dicts)."""
     return nn.ModuleList(t for t in ebm.backbone.transforms if isinstance(t, nn.Module))
@@ -239,8 +268,7 @@ def fit_ebm(
     a reproducible run. ``on_checkpoint`` receives, every ``checkpoint_every`` steps and
     at the end, everything needed to continue (parameters, optimizer and schedule, the
     generator's state, chains, step size); passing that dict back as ``resume`` continues
-    the run exactly where it stopped (on the CPU, the same final weights as an
-    uninterrupted run).
+    the run exactly where it stopped (the same final weights as an uninterrupted run).
 
     Args:
         ebm: the model; its energy's parameters (and with ``backbone_lr`` its backbone's)
@@ -358,7 +386,7 @@ def fit_ebm(
         backbone.load_state_dict(resume["backbone"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"])
         chains, log_step_size, start = resume["chains"], resume["log_step_size"], resume["step"]
 
     def state(step: int) -> dict[str, Any]:
@@ -370,7 +398,7 @@ def fit_ebm(
                 "backbone": backbone.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng_state(),
                 "chains": chains,
                 "log_step_size": log_step_size,
             }

@@ -46,9 +46,13 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     }
 
 
-def test_a_run_killed_mid_training_and_resumed_ends_with_the_same_weights(tmp_path):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_a_run_killed_mid_training_and_resumed_ends_with_the_same_weights(tmp_path, device):
     args = ["train", "--data", "two_moons", *SMALL, "--steps", "150", "--checkpoint-every", "10"]
-    args += ["--seed", "3", "--no-progress"]
+    args += ["--seed", "3", "--no-progress", "--device", device]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     cli(*args, "--out", str(whole), check=True)
 
