@@ -11,19 +11,28 @@ with the same seed for every method, in float32:
   (1500 steps, lr 3e-3, 10 independence moves + 5 HMC iterations of 5 leapfrog steps per
   training step) and an MLPEnergy of ``--energy-layers`` x ``--energy-hidden`` (3 x 128 here,
   wider than RunConfig's 2 x 64: 2 x 64 cannot carve the rings' radial profile, measured
-  below); 5000 long-run draws of the trained model by ``report.sample_ebm(ebm, "hmc-imh",
-  1250 chains, 4 draws, 100 warm-up cycles, thin 10)``.
+  below); 5000 independent long-run draws of the trained model: the last state of each of
+  5000 chains of ``report.sample_ebm(ebm, "hmc-imh", 5000 chains, 1 draw, 400 warm-up
+  cycles)``. Several draws a chain would be correlated, and the MMD estimator, which
+  assumes independent draws, counts close pairs from one chain as excess similarity
+  (pinwheel: 6.6e-4 with 1250 chains x 4 draws 10 cycles apart, 8.8e-5 with 5000 x 1, the
+  same trained model). 400 warm-up cycles rather than 100 for margin: between the two, the
+  metrics moved by no more than the draws' noise on rings, two spirals and pinwheel (on two
+  spirals the arm shares of 5000 draws alone, binomial sd 0.007, move the energy distance
+  between 0.0009 and 0.004).
   The time of backbone fit + tilt is the time budget W of the toy;
 - ``data_ebm``: a data-space EBM p(x) ∝ exp(-E(x)) with an MLPEnergy (``--sr-layers`` x
   ``--sr-hidden``), trained by contrastive divergence with short-run unadjusted Langevin from
   noise (Nijkamp et al., 2019): each step starts ``batch`` chains uniformly in the training
   data's bounding box (10% margin a side), runs ``--sr-k`` ULA steps of size ``--sr-step``,
-  and takes an Adam step (betas (0.5, 0.999), gradient clipping 1, a cosine decay of the
-  learning rate over the budget) on ``mean E(data) - mean E(model)`` plus the same
-  squared-energy penalty as ``fit_ebm``; it trains for the same time W and is sampled the
-  way it was trained (5000 short runs from noise); it keeps the 2 x 64 energy that won
-  its own sweep (``--tune``);
-- ``exact``: 5000 fresh exact draws, the noise floor of every metric.
+  and takes an Adam step (betas (0.5, 0.999), gradient clipping 1, a cosine decay of the learning
+  rate over the budget) on ``mean E(data) - mean E(model)`` plus the squared-energy penalty of
+  ``fit_ebm`` with the weight 0.1 its sweep was run with (``--sr-reg``); it trains for the same time
+  W and is sampled the way it was trained (5000 short runs from noise); it keeps the 2 x 64 energy
+  that won its own sweep (``--tune``);
+- ``exact``: 5000 fresh exact draws, the noise floor of every metric; and the noise sd of
+  both MMDs over 10 more such sets (``mmd_noise``), against which the summary measures each
+  MMD difference.
 
 Every method's draws are compared with the held-out draws by
 ``evaluate.evaluate_samples``: MMD (median-heuristic bandwidth), energy distance and, where
@@ -93,6 +102,8 @@ METRICS = (
     "mode_weight_error",
     "grid_kl",
 )
+# Sets of fresh exact draws whose MMDs against the held-out draws give the noise of an MMD.
+NOISE_REPLICATES = 10
 # Held-out draws come from this offset of the seed, as runs.train_run splits a toy.
 HELDOUT_SEED_OFFSET = 1_000_003
 # The settings of the short-run baseline tried by --tune: (Langevin step, K steps, Adam lr).
@@ -119,16 +130,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: RunConfig")
     parser.add_argument("--energy-layers", type=int, default=3, help="FlowEBM: MLP hidden layers")
     parser.add_argument("--energy-hidden", type=int, default=128, help="FlowEBM: MLP width")
-    parser.add_argument("--warmup", type=int, default=100, help="hmc-imh warm-up cycles")
+    parser.add_argument("--warmup", type=int, default=400, help="hmc-imh warm-up cycles")
     parser.add_argument("--thin", type=int, default=10, help="hmc-imh cycles between draws")
-    parser.add_argument("--draws", type=int, default=4, help="hmc-imh draws per chain")
+    parser.add_argument(
+        "--draws", type=int, default=1, help="hmc-imh draws per chain (1: independent draws)"
+    )
     parser.add_argument("--sr-step", type=float, default=0.1, help="baseline: Langevin step")
     parser.add_argument("--sr-k", type=int, default=100, help="baseline: Langevin steps a run")
     parser.add_argument("--sr-lr", type=float, default=3e-3, help="baseline: Adam's lr")
     parser.add_argument("--sr-hidden", type=int, default=64, help="baseline: MLP width")
     parser.add_argument("--sr-layers", type=int, default=2, help="baseline: MLP hidden layers")
     parser.add_argument(
-        "--sr-reg", type=float, default=None, help="baseline: energy penalty (default fit_ebm's)"
+        "--sr-reg", type=float, default=0.1, help="baseline: energy penalty (its sweep's)"
     )
     parser.add_argument(
         "--tune", action="store_true", help="run the baseline's SWEEP instead (quality_tune.*)"
@@ -150,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.num_data, args.num_heldout, args.num_samples = 1000, 500, 400
         args.backbone_steps, args.ebm_steps, args.batch_size = 100, 20, 128
-        args.warmup, args.draws, args.thin = 10, 2, 2
+        args.warmup, args.draws, args.thin = 10, 1, 2
         args.sr_k = min(args.sr_k, 30)
     return args
 
@@ -283,7 +296,7 @@ class ShortRun:
         lr: Adam's initial learning rate (cosine decay to zero over the time budget).
         hidden: width of the MLPEnergy.
         layers: hidden layers of the MLPEnergy.
-        energy_reg: weight of the squared-energy penalty, as in ``fit_ebm``.
+        energy_reg: weight of the squared-energy penalty (the loss of ``fit_ebm``).
         batch_size: data points and chains per step.
         margin: the noise box is the data's bounding box widened by this fraction a side.
     """
@@ -377,7 +390,7 @@ def short_run_settings(args: argparse.Namespace, config: RunConfig, **override: 
         "lr": args.sr_lr,
         "hidden": args.sr_hidden,
         "layers": args.sr_layers,
-        "energy_reg": config.energy_reg if args.sr_reg is None else args.sr_reg,
+        "energy_reg": args.sr_reg,
         "batch_size": config.batch_size,
     }
     return ShortRun(**(values | override))
@@ -407,6 +420,23 @@ def fine_bandwidth(toy: datasets.Toy, heldout: Tensor, seed: int) -> float:
     """
     exact = toy.sample(heldout.shape[0], generator=torch.Generator().manual_seed(seed))
     return 0.1 * evaluate_samples(exact.float(), heldout)["mmd_bandwidth"]
+
+
+def mmd_noise(
+    toy: datasets.Toy, heldout: Tensor, h_fine: float, n: int, seed: int
+) -> dict[str, float]:
+    """The standard deviation of both MMDs of ``n`` exact draws against ``heldout``.
+
+    Over ``NOISE_REPLICATES`` independent sets of exact draws: how far an MMD moves with the
+    draws alone, the yardstick of a difference between two methods' MMDs (about 1e-4 at
+    the median bandwidth with 5000 draws, as large as the backbones' own MMDs).
+    """
+    values = []
+    for r in range(NOISE_REPLICATES):
+        x = toy.sample(n, generator=torch.Generator().manual_seed(seed + r)).float()
+        values.append([float(mmd(x, heldout)), float(mmd(x, heldout, bandwidth=h_fine))])
+    sd = torch.tensor(values, dtype=torch.float64).std(dim=0)
+    return {"mmd": float(sd[0]), "mmd_fine": float(sd[1])}
 
 
 def run_toy(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -443,6 +473,7 @@ def run_toy(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[s
     exact_seed = config.seed + 2 * HELDOUT_SEED_OFFSET
     exact_x = toy.sample(args.num_samples, generator=torch.Generator().manual_seed(exact_seed))
     h_fine = fine_bandwidth(toy, heldout, exact_seed + 1)
+    noise = mmd_noise(toy, heldout, h_fine, args.num_samples, exact_seed + 2)
     draws = {
         "data": heldout,
         "exact": exact_x.float(),
@@ -471,6 +502,7 @@ def run_toy(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[s
         "budget_s": budget,
         "ebm_steps": config.steps,
         "mmd_fine_bandwidth": h_fine,
+        "mmd_noise_sd": noise,
         "flowebm": {**flow_timings, "sample_s": flow_sample_s},
         "data_ebm": {
             **sr_record,
@@ -498,11 +530,13 @@ def summarize(result: dict[str, Any], key: str) -> dict[str, Any]:
     """The issue's comparisons for the FlowEBM draws ``metrics[key]``."""
     m = result["metrics"]
     flow, backbone, data_ebm = m[key], m["backbone"], m["data_ebm"]
+    noise = result["mmd_noise_sd"]
     out: dict[str, Any] = {
         "toy": result["toy"],
         "budget_s": result["budget_s"],
         "beats_backbone_mmd": flow["mmd"] < backbone["mmd"],
         "mmd_backbone_over_flowebm": ratio(backbone["mmd"], flow["mmd"]),
+        "mmd_gain_over_noise": (backbone["mmd"] - flow["mmd"]) / noise["mmd"],
         "beats_backbone_mmd_fine": flow["mmd_fine"] < backbone["mmd_fine"],
         "mmd_fine_backbone_over_flowebm": ratio(backbone["mmd_fine"], flow["mmd_fine"]),
         "beats_backbone_mode_weight": None,
@@ -559,6 +593,7 @@ def summary_table(results: list[dict[str, Any]], key: str = "summary") -> str:
             s["budget_s"],
             s["beats_backbone_mmd"],
             s["mmd_backbone_over_flowebm"],
+            s["mmd_gain_over_noise"],
             s["beats_backbone_mmd_fine"],
             s["mmd_fine_backbone_over_flowebm"],
             "" if s["beats_backbone_mode_weight"] is None else s["beats_backbone_mode_weight"],
@@ -576,6 +611,7 @@ def summary_table(results: list[dict[str, Any]], key: str = "summary") -> str:
         "budget W (s)",
         "EBM beats backbone on MMD",
         "MMD backbone / EBM",
+        "(backbone - EBM) / noise sd",
         "beats backbone on MMD h/10",
         "MMD h/10 backbone / EBM",
         "beats backbone on mode-weight error",
@@ -609,7 +645,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{meta['num_data']} draws; FlowEBM: that backbone tilted by fit_ebm "
             f"(MLPEnergy {meta['energy']}, {meta['ebm_steps']} steps, otherwise RunConfig's "
             "defaults), "
-            "sampled by hmc-imh (long run). Data-space EBM: MLPEnergy "
+            f"sampled by hmc-imh: {meta['draws']} draw(s) a chain (thin {meta['thin']}) after "
+            f"{meta['warmup']} warm-up cycles, from independent chains. Data-space EBM: MLPEnergy "
             f"{sr['layers']} x {sr['hidden']} trained by short-run ULA from uniform noise "
             f"(step {sr['step']:g}, K = {sr['k']}, lr {sr['lr']:g}) for the same time W as "
             f"backbone fit + tilt ({meta['clock']} seconds of this process), sampled the same "
@@ -617,7 +654,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "the data-space EBM. MMD (median-heuristic bandwidth "
             "h, about 5 here), MMD h/10 (bandwidth a tenth of h: the median heuristic hardly "
             "sees structure finer than the toys' diameter) and energy distance are unbiased "
-            "estimates (the exact-draws row is their noise floor); within 3 sd and "
+            "estimates (the exact-draws row is one draw of their noise; noise sd: the "
+            f"standard deviation of the MMD over {NOISE_REPLICATES} sets of fresh exact draws "
+            "against the same held-out draws, so a (backbone - EBM) / noise sd above about "
+            "2 is a gain the draws' noise does not explain); within 3 sd and "
             "mode-weight error (L1, points within 3 sd) for the Gaussian mixtures; grid KL "
             "(nats, 100 x 100 cells) where the density is known.",
             "",
@@ -744,6 +784,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "num_data": args.num_data,
         "num_heldout": args.num_heldout,
         "num_samples": args.num_samples,
+        "warmup": args.warmup,
+        "draws": args.draws,
+        "thin": args.thin,
         "backbone": f"{config.backbone_layers} x {config.backbone_hidden}",
         "backbone_steps": config.backbone_steps,
         "energy": f"{config.energy_layers} x {config.energy_hidden}",

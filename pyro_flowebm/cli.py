@@ -134,8 +134,9 @@ def _parser() -> argparse.ArgumentParser:
             + (f"; images: {IMAGE_DEFAULTS[field]})" if field in IMAGE_DEFAULTS else ")"),
         )  # fmt: skip
     train.add_argument(
-        "--persistent", action="store_true", default=argparse.SUPPRESS,
-        help="keep the chains between steps instead of restarting them from N(0, I)",
+        "--persistent", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+        help="keep the chains between steps (default; images: restart them from N(0, I) "
+        "each step)",
     )  # fmt: skip
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
