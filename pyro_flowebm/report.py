@@ -273,7 +273,7 @@ def _evaluate_images(
     bpd = None
     if levels:
         bpd = bits_per_dim(ebm.backbone, heldout, levels, num_samples=4, generator=noise)[0]
-    # Images cost far more a gradient than 2-D points: 50 warm-up cycles and draws 5 apart.
+    # Images cost far more a gradient than 2-D points: 50 warm-up cycles.
     backbone_x, ebm_x = _draws(ebm, samples, num_samples, seed, 50, progress_bar)
     metrics: dict[str, dict[str, float]] = {"backbone": {}, "ebm": {}}
     fractions = None
