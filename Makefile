@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/pyro-flowebm train --data eight_gaussians --out demo_run --overwrite
 	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples.nc --overwrite \
-		--num-chains 128 --num-samples 500 --warmup 100
+		--num-chains 128 --num-samples 250 --warmup 100
 	$(BIN)/pyro-flowebm evaluate --run demo_run --samples demo_run/samples.nc
 	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples_data.nc --overwrite \
 		--sampler data-hmc --num-chains 64 --num-samples 300 --warmup 100

@@ -54,7 +54,7 @@ seconds give both methods the same amount of computation whatever the neighbours
 (measured here: under a load of 4.3-5 on 2 cores, the same W in wall seconds bought the
 baseline 970 training steps in one run and 698 in the next). Wall seconds are recorded too.
 
-    python benchmarks/quality.py            # ~10 minutes
+    python benchmarks/quality.py            # ~65 minutes (7 toys)
     python benchmarks/quality.py --quick    # ~30 seconds, smoke run
     python benchmarks/quality.py --tune     # ~4 minutes, the baseline's sweep
 
