@@ -21,21 +21,24 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/pyro-flowebm train --data eight_gaussians --out demo_run --overwrite
 	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples.nc --overwrite \
-		--num-chains 128 --num-samples 250 --warmup 100
+		--num-chains 128 --num-samples 250 --warmup-steps 100
 	$(BIN)/pyro-flowebm evaluate --run demo_run --samples demo_run/samples.nc
 	$(BIN)/pyro-flowebm sample --run demo_run --out demo_run/samples_data.nc --overwrite \
-		--sampler data-hmc --num-chains 64 --num-samples 300 --warmup 100
+		--sampler data-hmc --num-chains 64 --num-samples 300 --warmup-steps 100
 	$(BIN)/pyro-flowebm report demo_run --compare demo_run/samples_data.nc \
 		--out demo_run/report.html
 
+# The layer order of docs/architecture.md is checked by import-linter (contracts in pyproject.toml).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo_run demo_output .pytest_cache .ruff_cache

@@ -23,12 +23,11 @@ from torch import Tensor
 
 from pyro_flowebm import FlowEBM, fit_backbone, flow_backbone, flows
 from pyro_flowebm.datasets import eight_gaussians, eight_gaussians_modes
-from pyro_flowebm.diagnostics import assign_modes  # imports ArviZ quietly, first
-from pyro_flowebm.energy import MLPEnergy
+from pyro_flowebm.io import arviz
+from pyro_flowebm.metrics import assign_modes
+from pyro_flowebm.nn import MLPEnergy
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import arviz as az
+az = arviz()  # imported quietly, by the package's one door to ArviZ
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

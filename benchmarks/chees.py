@@ -5,7 +5,8 @@ log-spaced from 0.1 to 1, U(x) = sum_i x_i^2 / (2 sd_i^2). The step size is fixe
 adapting it (dual averaging to acceptance 0.8, ``HMC(num_steps=10)``, 256 chains). Then,
 for trajectory lengths T on a log grid, 256 chains started at exact draws run
 
-- fixed T: ``HMC(step_size, num_steps=round(T / step_size), adapt_step_size=False)``;
+- fixed T: ``HMC(step_size, num_steps=round(T / step_size), step_size_jitter=0)`` with
+  fixed parameters (no jitter of any kind: the plain fixed trajectory);
 - jittered T: ``HMC(step_size, chees=True, init_trajectory_length=T)`` without warm-up,
   i.e. every iteration uses u T with u ~ U(0, 1), ChEES's own jitter, T not adapted;
 
@@ -14,8 +15,8 @@ bulk ESS of x_i, and of x_i^2, divided by chains x draws x leapfrog steps. Each 
 the same budget of leapfrog steps per chain (draws = budget / steps per draw, clipped):
 chains that start at exact draws are worth at least one draw each whatever the kernel
 does, and long chains keep that floor small for short trajectories. Finally
-``HMC(chees=True)`` adapts T (and its step size) during warm-up from exact draws; its
-``kernel.trajectory_length`` is compared with the T that maximizes ESS/grad in each
+``HMC(chees=True)`` adapts T (and its step size) during warm-up from exact draws; the
+adapted trajectory length is compared with the T that maximizes ESS/grad in each
 sweep. How to read it: ``T_chees / T_best`` within [0.5, 2] meets the issue's goal
 (within a factor of 2 of the best T). The sweep is plotted to ``results/chees.png`` with
 ChEES's T marked.
@@ -75,14 +76,14 @@ def min_ess(draws: np.ndarray) -> tuple[float, float]:
     return first, second
 
 
-def collect(kernel: Kernel, state, draws: int) -> tuple[np.ndarray, int, float]:
-    """Run ``draws`` steps from ``state``; return the draws (chain, draw, d), gradient
-    evaluations per chain and wall seconds."""
+def collect(kernel: Kernel, state, potential, params, draws: int) -> tuple[np.ndarray, int, float]:
+    """Run ``draws`` steps from ``state`` with fixed ``params``; return the draws (chain,
+    draw, d), gradient evaluations per chain and wall seconds."""
     kept = []
     grads = 0
     start = time.perf_counter()
     for _ in range(draws):
-        state, info = kernel.step(state)
+        state, info = kernel.step(state, potential, params)
         kept.append(state.position.float())
         grads += info.num_grad_evals
     seconds = time.perf_counter() - start
@@ -105,15 +106,16 @@ def sweep_point(
 ) -> dict[str, Any]:
     if kind == "fixed":
         num_steps = max(1, round(t / eps))
-        kernel = HMC(eps, num_steps, adapt_step_size=False)
+        kernel = HMC(eps, num_steps, step_size_jitter=0.0)
         t_eff = num_steps * eps
         expected_steps = num_steps
     else:
-        kernel = HMC(eps, chees=True, init_trajectory_length=t, adapt_step_size=False)
+        kernel = HMC(eps, chees=True, init_trajectory_length=t)
         t_eff = t
         expected_steps = t / (2 * eps) + 0.5
     n = num_draws(expected_steps, args)
-    draws, grads, seconds = collect(kernel, kernel.init(potential, init), n)
+    state, params = kernel.init(init, potential), kernel.init_params(init)
+    draws, grads, seconds = collect(kernel, state, potential, params, n)
     ess_x, ess_x2 = min_ess(draws)
     total = grads * args.chains
     return {
@@ -175,11 +177,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return sd * torch.randn(n, args.dim, dtype=dtype)
 
     print(f"anisotropic Gaussian, d = {args.dim}, sd {args.sd_min}..{args.sd_max}")
-    adapt = HMC(0.05, 10, target_accept_prob=0.8)
-    state = adapt.init(potential, exact(args.chains), args.warmup)
+    kernel = HMC(0.05, 10, target_accept_prob=0.8)
+    start = exact(args.chains)
+    state, adapt = kernel.init(start, potential), kernel.adaptation(start, args.warmup)
     for _ in range(args.warmup):
-        state, info = adapt.step(state)
-    eps = float(adapt.current_step_size.mean())
+        state, info = adapt.step(state, potential)
+    eps = adapt.adapted()["step_size"]
     print(f"adapted step size {eps:.4f} (HMC, 10 steps, target acceptance 0.8)")
 
     grid = np.geomspace(args.t_min, args.t_max, args.num_t)
@@ -197,13 +200,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print("HMC(chees=True): adapting T ...")
     chees = HMC(eps, chees=True)
-    state = chees.init(potential, exact(args.chains), args.warmup)
+    start = exact(args.chains)
+    state, adapt = chees.init(start, potential), chees.adaptation(start, args.warmup)
     for _ in range(args.warmup):
-        state, _ = chees.step(state)
-    t_chees = chees.trajectory_length
-    eps_chees = float(chees.current_step_size.mean())
+        state, _ = adapt.step(state, potential)
+    t_chees = adapt.adapted()["trajectory_length"]
+    eps_chees = adapt.adapted()["step_size"]
     n = num_draws(t_chees / (2 * eps_chees) + 0.5, args)
-    draws, grads, _ = collect(chees, state, n)  # the kernel's warm-up is over: no adapting
+    draws, grads, _ = collect(chees, state, potential, adapt.params, n)  # warm-up is over
     ess_x, ess_x2 = min_ess(draws)
     total = grads * args.chains
     chees_point = {

@@ -6,10 +6,10 @@ by Gaussian noise, since the presets start as the identity and E = 0):
 
 - **toy**: ``flows.realnvp(2, 8, 64)`` + ``energy.MLPEnergy(2, 64, 2)`` (the potential of
   ``overhead.py``: perturbation sd 0.1); training data ``datasets.load("eight_gaussians")``;
-- **image**: ``flows.glow((3, 32, 32), num_levels=3, num_steps=4, hidden=64)`` +
+- **image**: ``flows.glow((3, 32, 32), num_levels=3, steps_per_level=4, hidden=64)`` +
   ``energy.ConvEnergy((3, 32, 32))`` (perturbation sd 0.01; ActNorm initialized from a
   batch of the data); training data uniform noise images in [0, 1]. ``--quick``:
-  ``glow((1, 8, 8), num_levels=2, num_steps=2, hidden=32)``.
+  ``glow((1, 8, 8), num_levels=2, steps_per_level=2, hidden=32)``.
 
 Measured, each size on its own, after a short untimed warm-up at the same size:
 
@@ -80,8 +80,8 @@ from _common import (
 from torch import Tensor
 
 from pyro_flowebm import FlowEBM, datasets, fit_backbone, fit_ebm, flow_backbone, flows
-from pyro_flowebm.energy import ConvEnergy
 from pyro_flowebm.infer import HMC, run_chains
+from pyro_flowebm.nn import ConvEnergy
 
 # Defaults as (full run, --quick); a flag given on the command line wins over both.
 DEFAULTS: dict[str, tuple[Any, Any]] = {

@@ -15,7 +15,7 @@ as the split allows) by four samplers with the same budget of gradient evaluatio
 
 Every sampler adapts its step size for ``--warmup`` iterations first (not recorded), then
 runs ``--steps`` recorded iterations (``5 * --steps`` for MALA), keeping ``--draws``
-evenly spaced draws per chain. Along the run the digits probe (``pyro_flowebm.probe``; a
+evenly spaced draws per chain. Along the run the digits probe (``pyro_flowebm.metrics.probe``; a
 probe for digits, not FID) gives each draw a class and a confidence; per window of
 ``--window`` iterations the study reports the mean confidence and the Fréchet distance of
 the probe's features of all chains' draws in the window against the held-out digits, and
@@ -43,11 +43,10 @@ import torch
 from _common import RESULTS, base_parser, markdown_table, setup, write_results
 
 from pyro_flowebm import datasets
+from pyro_flowebm.app import CHECKPOINT, RunConfig, load_run, train_run
 from pyro_flowebm.diagnostics import mixing_summary, plot_image_chains, to_inference_data
 from pyro_flowebm.infer import HMC, MALA, Cycle, IndependenceMH, run_chains
-from pyro_flowebm.infer.nuts import _data_potential
-from pyro_flowebm.probe import frechet_distance, load_or_fit_probe
-from pyro_flowebm.runs import CHECKPOINT, RunConfig, load_run, train_run
+from pyro_flowebm.metrics import frechet_distance, load_or_fit_probe
 
 LEAPFROG = 5
 # Where a model trained for the study is kept (ignored by git, reused by the next run).
@@ -129,12 +128,12 @@ def run_sampler(name: str, ebm: Any, x0: torch.Tensor, args) -> tuple[np.ndarray
         idata = run_chains(ebm, kernel, n, args.draws, args.warmup, init=z0, thin=thin, **common)
     elif name == "data HMC":
         idata = run_chains(
-            _data_potential(ebm), HMC(step_size=0.01, num_steps=LEAPFROG), n, args.draws,
+            ebm.data_potential, HMC(step_size=0.01, num_steps=LEAPFROG), n, args.draws,
             args.warmup, init=x0, thin=thin, **common,
         )  # fmt: skip
     else:  # data MALA: one gradient a step, so LEAPFROG times as many steps
         idata = run_chains(
-            _data_potential(ebm), MALA(step_size=0.01), n, args.draws,
+            ebm.data_potential, MALA(step_size=0.01), n, args.draws,
             LEAPFROG * args.warmup, init=x0, thin=LEAPFROG * thin, **common,
         )  # fmt: skip
     seconds = time.perf_counter() - start

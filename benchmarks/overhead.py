@@ -4,9 +4,9 @@ The potential is the latent potential ``ebm.chain_potential`` of a FlowEBM built
 ``flows.realnvp(2, num_layers=8, hidden=64)`` and ``energy.MLPEnergy(2, 64)``, every
 parameter perturbed by N(0, 0.1^2) noise (the presets start as the identity and E = 0).
 For each number of chains C the script times N iterations of
-``HMC(step_size=0.1, num_steps=10, adapt_step_size=False)`` (``kernel.init`` once, then
-``kernel.step`` N times) and, interleaved with it in the same run, the reference: the
-same number of batched gradient evaluations, N * num_steps calls of
+``HMC(step_size=0.1, num_steps=10)`` with fixed parameters (``kernel.init`` once, then
+``kernel.step(state, potential, params)`` N times) and, interleaved with it in the same
+run, the reference: the same number of batched gradient evaluations, N * num_steps calls of
 ``value_and_grad(potential, q)`` on a (C, 2) batch. Medians over repeats.
 
 How to read it:
@@ -57,7 +57,8 @@ from _common import (
 from torch import Tensor
 
 from pyro_flowebm import FlowEBM
-from pyro_flowebm.infer.kernels import HMC, _functional_leapfrog_step, value_and_grad
+from pyro_flowebm.infer import HMC, value_and_grad
+from pyro_flowebm.infer.integrators import functional_leapfrog_step
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -107,12 +108,13 @@ def time_interleaved(
 
 def hmc_runner(kernel: HMC, potential: Callable[[Tensor], Tensor], q: Tensor, iters: int):
     """A closure running ``iters`` HMC steps from a kept state, and that state's holder."""
-    holder = {"state": kernel.init(potential, q)}
+    params = kernel.init_params(q)
+    holder = {"state": kernel.init(q, potential)}
 
     def run() -> None:
         state = holder["state"]
         for _ in range(iters):
-            state, info = kernel.step(state)
+            state, info = kernel.step(state, potential, params)
         holder["state"], holder["info"] = state, info
 
     return run, holder
@@ -129,7 +131,7 @@ def grad_runner(potential: Callable[[Tensor], Tensor], q: Tensor, calls: int):
 def eager_overhead(ebm: FlowEBM, chains: int, args: argparse.Namespace) -> dict[str, Any]:
     dtype = ebm.base_dist.mean.dtype
     q = torch.randn(chains, 2, dtype=dtype)
-    kernel = HMC(args.step_size, args.num_steps, adapt_step_size=False)
+    kernel = HMC(args.step_size, args.num_steps)
     hmc, holder = hmc_runner(kernel, ebm.chain_potential, q, args.iters)
     grads = grad_runner(ebm.chain_potential, q, args.iters * args.num_steps)
     times = time_interleaved({"hmc": hmc, "grad": grads}, args.repeats)
@@ -176,7 +178,7 @@ def compare_to_eager(
 ) -> dict[str, Any]:
     """Time ``run_compiled`` (``args.iters`` HMC iterations' worth of leapfrog steps)
     against eager HMC and plain batched gradients, interleaved, and return the ratios."""
-    eager = HMC(args.step_size, args.num_steps, adapt_step_size=False)
+    eager = HMC(args.step_size, args.num_steps)
     run_eager, _ = hmc_runner(eager, potential, q, args.iters)
     run_grads = grad_runner(potential, q, args.iters * args.num_steps)
     times = time_interleaved(
@@ -206,11 +208,11 @@ def compiled_case(
     graphs_before = unique_graphs()
     out: dict[str, Any] = {"case": label}
     print(f"  {label}: compiling ...", flush=True)
-    kernel = HMC(args.step_size, args.num_steps, adapt_step_size=False, compile=True)
-    state = kernel.init(potential, q)
+    kernel = HMC(args.step_size, args.num_steps, compile=True)
+    state, params = kernel.init(q, potential), kernel.init_params(q)
     start = time.perf_counter()
     try:
-        state, info = kernel.step(state)
+        state, info = kernel.step(state, potential, params)
     except Exception as exc:  # report any compiler failure, whatever its type
         out.update(
             status="error", error=error_line(exc), seconds_to_fail=time.perf_counter() - start
@@ -221,7 +223,7 @@ def compiled_case(
     step_seconds = []
     for _ in range(probe_steps):
         start = time.perf_counter()
-        state, info = kernel.step(state)
+        state, info = kernel.step(state, potential, params)
         step_seconds.append(time.perf_counter() - start)
     out["probe_step_seconds"] = step_seconds
     out["state_requires_grad"] = bool(state.position.requires_grad or state.grad.requires_grad)
@@ -259,7 +261,7 @@ def trajectory_case(
     def trajectory(q: Tensor, p: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         u = g.new_zeros(q.shape[0])
         for _ in range(num_steps):
-            q, p, u, g = _functional_leapfrog_step(potential, q, p, g, eps, inv_mass)
+            q, p, u, g = functional_leapfrog_step(potential, q, p, g, eps, inv_mass)
         return q, p, u, g
 
     print("  C whole trajectory compiled: compiling ...", flush=True)

@@ -60,8 +60,7 @@ from torch import Tensor, nn
 
 from pyro_flowebm import FlowEBM
 from pyro_flowebm.diagnostics import mixing_summary, to_inference_data
-from pyro_flowebm.infer import HMC, run_chains
-from pyro_flowebm.infer.kernels import value_and_grad
+from pyro_flowebm.infer import HMC, run_chains, value_and_grad
 
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -334,13 +333,15 @@ def speed(args: argparse.Namespace, jax, blackjax) -> dict[str, Any]:
     chain_steps = C * n * L
 
     print(f"\nspeed at {C} chains, {n} iterations x {L} leapfrog steps, step size {eps}")
-    kernel = HMC(eps, L, adapt_step_size=False)
-    holder = {"state": kernel.init(ebm.chain_potential, q)}
+    # Fixed parameters and no step-size jitter: BlackJAX's HMC, written as its users write it.
+    kernel = HMC(eps, L, step_size_jitter=0.0)
+    potential, params = ebm.chain_potential, kernel.init_params(q)
+    holder = {"state": kernel.init(q, potential)}
 
     def ours() -> None:
         state = holder["state"]
         for _ in range(n):
-            state, _ = kernel.step(state)
+            state, _ = kernel.step(state, potential, params)
         holder["state"] = state
 
     def torch_grads() -> None:
@@ -423,11 +424,12 @@ def speed(args: argparse.Namespace, jax, blackjax) -> dict[str, Any]:
 def ours_compiled(ebm, q, args, chain_steps, eps, L, n) -> dict[str, dict[str, Any]]:
     """``HMC(compile=True)`` on ``ebm.chain_potential``: its speed, or its failure."""
     label = "ours HMC(compile=True)"
-    kernel = HMC(eps, L, adapt_step_size=False, compile=True)
-    holder = {"state": kernel.init(ebm.chain_potential, q)}
+    kernel = HMC(eps, L, step_size_jitter=0.0, compile=True)
+    potential, params = ebm.chain_potential, kernel.init_params(q)
+    holder = {"state": kernel.init(q, potential)}
     start = time.perf_counter()
     try:
-        holder["state"], _ = kernel.step(holder["state"])
+        holder["state"], _ = kernel.step(holder["state"], potential, params)
     except Exception as exc:  # report any compiler failure, whatever its type
         message = str(exc).strip().splitlines()
         error = f"{type(exc).__name__}: {message[-1] if message else ''}"[:200]
@@ -438,7 +440,7 @@ def ours_compiled(ebm, q, args, chain_steps, eps, L, n) -> dict[str, dict[str, A
     def run() -> None:
         s = holder["state"]
         for _ in range(n):
-            s, _ = kernel.step(s)
+            s, _ = kernel.step(s, potential, params)
         holder["state"] = s
 
     t = median(timed_repeats(run, args.repeats))
@@ -484,7 +486,7 @@ def ess(args: argparse.Namespace, jax, blackjax) -> dict[str, Any]:
     start = time.perf_counter()
     idata = run_chains(
         ebm,
-        HMC(step_size=0.3, num_steps=5, adapt_step_size=False),
+        HMC(step_size=0.3, num_steps=5, adapt_step_size=False, step_size_jitter=0.0),
         C,
         draws,
         warmup,

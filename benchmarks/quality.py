@@ -4,7 +4,7 @@ For each built-in toy of ``pyro_flowebm.datasets.TOYS`` (or those given by ``--t
 with the same seed for every method, in float32:
 
 - data: 5000 exact training draws (seed ``--seed``) and 5000 held-out draws from an
-  independent seed (``seed + 1_000_003``), as ``runs.train_run`` splits a toy;
+  independent seed (``seed + 1_000_003``), as ``app.train_run`` splits a toy;
 - ``backbone``: the deliberately small backbone of ``RunConfig()`` (RealNVP, 4 layers x 32
   hidden) fitted by ``fit_backbone`` (1000 steps, lr 5e-3, batch 256); 5000 draws;
 - ``flowebm``: that fitted backbone tilted by ``fit_ebm`` with ``RunConfig().fit_ebm_kwargs()``
@@ -12,7 +12,7 @@ with the same seed for every method, in float32:
   training step) and an MLPEnergy of ``--energy-layers`` x ``--energy-hidden`` (3 x 128 here,
   wider than RunConfig's 2 x 64: 2 x 64 cannot carve the rings' radial profile, measured
   below); 5000 independent long-run draws of the trained model: the last state of each of
-  5000 chains of ``report.sample_ebm(ebm, "hmc-imh", 5000 chains, 1 draw, 400 warm-up
+  5000 chains of ``infer.sample_ebm(ebm, "hmc-imh", 5000 chains, 1 draw, 400 warm-up
   cycles)``. Several draws a chain would be correlated, and the MMD estimator, which
   assumes independent draws, counts close pairs from one chain as excess similarity
   (pinwheel: 6.6e-4 with 1250 chains x 4 draws 10 cycles apart, 8.8e-5 with 5000 x 1, the
@@ -35,9 +35,9 @@ with the same seed for every method, in float32:
   MMD difference.
 
 Every method's draws are compared with the held-out draws by
-``evaluate.evaluate_samples``: MMD (median-heuristic bandwidth), energy distance and, where
+``metrics.evaluate_samples``: MMD (median-heuristic bandwidth), energy distance and, where
 the toy knows them, the fraction within 3 sd of a mode centre, the mode-weight error and the
-grid KL; and by ``evaluate.mmd`` at a tenth of the median bandwidth (``mmd_fine``, "MMD
+grid KL; and by ``metrics.mmd`` at a tenth of the median bandwidth (``mmd_fine``, "MMD
 h/10"), which resolves the rings, arms and squares that the median bandwidth (about 5 on
 toys of diameter about 8) blurs. The issue's targets, per toy: the FlowEBM beats its
 backbone on MMD and, for the mixtures, on mode-weight error, and beats the data-space EBM
@@ -80,11 +80,10 @@ from _common import base_parser, markdown_table, setup, write_results
 from torch import Tensor
 
 from pyro_flowebm import datasets, fit_backbone, fit_ebm
-from pyro_flowebm.energy import MLPEnergy
-from pyro_flowebm.evaluate import evaluate_samples, mmd
-from pyro_flowebm.infer import ULA
-from pyro_flowebm.report import sample_ebm
-from pyro_flowebm.runs import RunConfig
+from pyro_flowebm.app import RunConfig
+from pyro_flowebm.infer import ULA, sample_ebm
+from pyro_flowebm.metrics import evaluate_samples, mmd
+from pyro_flowebm.nn import MLPEnergy
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 METHODS = ("exact", "backbone", "flowebm", "data_ebm")
@@ -253,9 +252,7 @@ def train_flowebm(
         torch.manual_seed(config.seed)
         backbone_x = ebm.backbone.sample((args.num_samples,))
     start, start_wall = clock(), time.perf_counter()
-    history = fit_ebm(
-        ebm, train, config.steps, progress_bar=args.progress, **config.fit_ebm_kwargs()
-    )
+    history = fit_ebm(ebm, train, progress_bar=args.progress, **config.fit_ebm_kwargs())
     tilt_seconds, tilt_wall = clock() - start, time.perf_counter() - start_wall
     timings = {
         "clock": args.clock,
@@ -322,9 +319,9 @@ def short_run(energy: MLPEnergy, n: int, box: tuple[Tensor, Tensor], settings: S
     lo, hi = box
     x = lo + (hi - lo) * torch.rand(n, lo.shape[0], dtype=lo.dtype)
     kernel = ULA(step_size=settings.step)
-    state = kernel.init(energy, x)
+    state, params = kernel.init(x, energy), kernel.init_params(x)
     for _ in range(settings.k):
-        state, _ = kernel.step(state)
+        state, _ = kernel.step(state, energy, params)
     return state.position
 
 

@@ -22,7 +22,7 @@ import torch
 from pyro_flowebm import FlowEBM, data_space_nuts, fit_backbone, flow_backbone, flows, latent_nuts
 from pyro_flowebm.datasets import eight_gaussians, eight_gaussians_modes
 from pyro_flowebm.diagnostics import mixing_summary, plot_chains, write_netcdf
-from pyro_flowebm.energy import MLPEnergy
+from pyro_flowebm.nn import MLPEnergy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

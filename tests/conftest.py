@@ -6,9 +6,11 @@ import normflows as nf
 import pyro
 import pytest
 import torch
+from scipy import stats
 from torch import Tensor, nn
 
 from pyro_flowebm import FlowEBM, NormflowsTransform, flow_backbone
+from pyro_flowebm.io import arviz, to_inference_data
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -79,20 +81,36 @@ def gaussian_case() -> GaussianCase:
 Z99 = 2.5758
 
 
+def z_bound(tests: int) -> float:
+    """The two-sided 1% normal quantile for a family of ``tests`` z-tests (Bonferroni).
+
+    One test is the suite's Z99; the max of K simultaneous z-scores is held to the
+    1 - 0.01 / (2 K) quantile, so that a whole assert fails with probability <= 1%.
+    """
+    return Z99 if tests == 1 else float(stats.norm.ppf(1 - 0.005 / tests))
+
+
 def mcse_z_scores(draws: Tensor, mean: Tensor, cov: Tensor) -> dict[str, Tensor]:
     """|estimate - truth| / MCSE for the mean and the variance of each coordinate.
 
     ``draws`` has shape (chain, draw, d). The variance is tested as the mean of
     (x - mean)^2 against diag(cov); MCSEs come from ArviZ (effective sample size aware).
     """
-    from pyro_flowebm import diagnostics
-
     centred_sq = (draws - mean) ** 2
-    idata = diagnostics.to_inference_data({"m": draws, "v": centred_sq})
-    mcse = diagnostics.az.mcse(idata, method="mean")
+    idata = to_inference_data({"m": draws, "v": centred_sq})
+    mcse = arviz().mcse(idata, method="mean")
     mcse_m = torch.as_tensor(mcse["m"].values)
     mcse_v = torch.as_tensor(mcse["v"].values)
     return {
         "mean": (draws.mean((0, 1)) - mean).abs() / mcse_m,
         "variance": (centred_sq.mean((0, 1)) - torch.diagonal(cov)).abs() / mcse_v,
     }
+
+
+def assert_moments(draws: Tensor, mean: Tensor, cov: Tensor) -> None:
+    """The means and variances of ``draws`` (chain, draw, d) agree with the truth: the
+    largest of the 2 d z-scores of :func:`mcse_z_scores` is held to ``z_bound(2 d)``, so
+    that an exact sampler fails with probability 1%."""
+    z = mcse_z_scores(draws, mean, cov)
+    scores = torch.cat([z["mean"], z["variance"]])
+    assert scores.max() < z_bound(scores.numel()), z

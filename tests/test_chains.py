@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import Z99, GaussianCase
 
-from pyro_flowebm.infer import HMC, Cycle, IndependenceMH, run_chains
+from pyro_flowebm.infer import HMC, Cycle, IndependenceMH, corrected_sample, run_chains
 
 
 def standard_normal(q):
@@ -28,7 +30,7 @@ def test_output_of_a_flowebm_run(gaussian_case: GaussianCase):
     )
     # The energy is the Hamiltonian: at least the potential, since kinetic energy is >= 0.
     assert (stats["energy"].values >= -stats["lp"].values - 1e-12).all()
-    assert post.attrs["sampler"] == "HMC" and post.attrs["num_steps"] == 4
+    assert post.attrs["sampler"] == "HMC" and json.loads(post.attrs["kernel"])["num_steps"] == 4
     assert post.attrs["space"] == "latent" and post.attrs["seed"] == 0
     assert post.attrs["num_grad_evals"] == 4 * (30 + 20)
     assert 0 < post.attrs["sampling_time"] < 600
@@ -91,7 +93,7 @@ def test_bad_arguments_are_refused(gaussian_case: GaussianCase):
 def test_corrected_sample_follows_the_tilted_gaussian(gaussian_case: GaussianCase):
     # 4000 independent chains, each 60 latent HMC steps from a backbone draw: the final
     # states are independent draws, so the MCSE is sd / sqrt(n).
-    x = gaussian_case.ebm.sample((4000,), mcmc_steps=60)
+    x = corrected_sample(gaussian_case.ebm, (4000,), mcmc_steps=60)
     assert x.shape == (4000, 2)
     n = x.shape[0]
     sd = gaussian_case.cov.diagonal().sqrt()
@@ -103,4 +105,7 @@ def test_corrected_sample_follows_the_tilted_gaussian(gaussian_case: GaussianCas
     raw = gaussian_case.ebm.sample((4000,))
     assert ((raw.mean(0) - gaussian_case.mean).abs() / (sd / n**0.5) > 10).any()
     with pytest.raises(ValueError, match="expected mcmc_steps >= 0"):
-        gaussian_case.ebm.sample((2,), mcmc_steps=-1)
+        corrected_sample(gaussian_case.ebm, (2,), mcmc_steps=-1)
+    # The distribution runs no sampler itself, and says where the correction went.
+    with pytest.raises(TypeError, match="corrected_sample"):
+        gaussian_case.ebm.sample((2,), mcmc_steps=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,14 +16,14 @@ import pytest
 import torch
 
 from pyro_flowebm import load_run
-from pyro_flowebm.cli import _TRAIN_FLAGS, main
-from pyro_flowebm.runs import read_metrics
+from pyro_flowebm.app import RunConfig, read_metrics
+from pyro_flowebm.app.cli import main
 
 # A small, quick run: the numbers are about the machinery, not the model's quality.
 SMALL = [
     "--num-data", "400", "--num-heldout", "200", "--backbone-layers", "2",
     "--backbone-hidden", "8", "--energy-hidden", "16", "--backbone-steps", "30",
-    "--batch-size", "32", "--mcmc-steps", "2", "--leapfrog-steps", "3",
+    "--batch-size", "32", "--mcmc-steps", "2", "--num-steps", "3",
 ]  # fmt: skip
 
 
@@ -30,7 +31,7 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the installed command's module in a fresh process (as a user would)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, "-m", "pyro_flowebm.cli", *args],
+        [sys.executable, "-m", "pyro_flowebm", *args],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     if check:
@@ -58,7 +59,7 @@ def test_a_run_killed_mid_training_and_resumed_ends_with_the_same_weights(tmp_pa
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pyro_flowebm.cli", *args, "--out", str(killed)],
+        [sys.executable, "-m", "pyro_flowebm", *args, "--out", str(killed)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     deadline = time.monotonic() + 240
@@ -167,13 +168,13 @@ def test_help_is_complete(capsys):
         assert main([command, "--help"]) == 0
         helps[command] = capsys.readouterr().out
         assert "usage: pyro-flowebm " + command in helps[command]
-    for flag, *_ in _TRAIN_FLAGS:
-        assert flag in helps["train"]
+    for field in dataclasses.fields(RunConfig):  # one flag a config field, named after it
+        assert "--" + field.name.replace("_", "-") in helps["train"], field.name
     for flag in ("--data", "--out", "--resume", "--overwrite", "--persistent", "--threads"):
         assert flag in helps["train"]
-    for flag in ("--run", "--out", "--num-chains", "--num-samples", "--warmup", "--sampler"):
+    for flag in ("--run", "--out", "--num-chains", "--num-samples", "--warmup-steps", "--sampler"):
         assert flag in helps["sample"]
-    for flag in ("--run", "--data", "--samples", "--num-samples", "--no-plots"):
+    for flag in ("--run", "--data", "--samples", "--num-draws", "--no-plots"):
         assert flag in helps["evaluate"]
 
 
@@ -203,7 +204,7 @@ def test_sample_and_evaluate_write_their_outputs(tmp_path):
     assert main(["train", *args, "--no-progress"]) == 0
     draws = run / "samples.nc"
     sample = ["sample", "--run", str(run), "--out", str(draws), "--num-chains", "16"]
-    sample += ["--num-samples", "10", "--warmup", "10", "--no-progress"]
+    sample += ["--num-samples", "10", "--warmup-steps", "10", "--no-progress"]
     assert main(sample) == 0
     assert main(sample) == 2  # exists: refused without --overwrite
     from pyro_flowebm.diagnostics import read_netcdf
@@ -252,7 +253,7 @@ def test_the_fitted_backbone_does_not_depend_on_the_energy_size(tmp_path):
 TINY_IMAGES = [
     "--backbone-levels", "1", "--backbone-layers", "1", "--backbone-hidden", "4",
     "--energy-hidden", "4", "--energy-layers", "2", "--backbone-steps", "5", "--steps", "2",
-    "--batch-size", "16", "--mcmc-steps", "1", "--leapfrog-steps", "2",
+    "--batch-size", "16", "--mcmc-steps", "1", "--num-steps", "2",
     "--independence-moves", "1",
 ]  # fmt: skip
 
@@ -268,11 +269,11 @@ def test_digits_train_sample_evaluate_and_report_end_to_end(tmp_path):
     assert ebm.event_shape == (1, 8, 8)
     draws = run / "samples.nc"
     sample = ["sample", "--run", str(run), "--out", str(draws), "--num-chains", "4"]
-    assert main([*sample, "--num-samples", "6", "--warmup", "4", "--no-progress"]) == 0
+    assert main([*sample, "--num-samples", "6", "--warmup-steps", "4", "--no-progress"]) == 0
     from pyro_flowebm.diagnostics import read_netcdf
 
     assert read_netcdf(draws).posterior["x"].shape == (4, 6, 1, 8, 8)
-    evaluate = ["evaluate", "--run", str(run), "--samples", str(draws), "--num-samples", "24"]
+    evaluate = ["evaluate", "--run", str(run), "--samples", str(draws), "--num-draws", "24"]
     assert main([*evaluate, "--no-progress"]) == 0
     result = json.loads((run / "evaluation.json").read_text())
     assert 0 < result["backbone_bits_per_dim"] < 10

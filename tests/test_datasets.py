@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Z99
+from conftest import Z99, z_bound
 from scipy import stats
 from torch import Tensor
 
@@ -22,9 +22,11 @@ from pyro_flowebm.datasets import (
     ImageSet,
     Toy,
     dequantize,
+    images,
     load,
     load_file,
     load_images,
+    toys,
     validate_data,
 )
 
@@ -35,15 +37,6 @@ N = 20000
 
 def draws(name: str, n: int = N, seed: int = 0) -> Tensor:
     return TOYS[name].sample(n, generator=torch.Generator().manual_seed(seed))
-
-
-def z_bound(tests: int) -> float:
-    """The two-sided 1% normal quantile for a family of ``tests`` z-tests (Bonferroni).
-
-    One test is the suite's Z99; the max of K simultaneous z-scores is held to the
-    1 - 0.01 / (2 K) quantile, so that a whole assert fails with probability <= 1%.
-    """
-    return Z99 if tests == 1 else float(stats.norm.ppf(1 - 0.005 / tests))
 
 
 def binomial_z(count: Tensor, n: int, p: Tensor) -> Tensor:
@@ -217,7 +210,7 @@ def test_mixture_log_prob_is_the_weighted_sum_of_normal_densities():
 def test_rings_log_prob_is_the_circle_average_of_the_noise_density():
     """p(x) = mean over rings and angles of N(x; r (cos θ, sin θ), sd² I), by quadrature."""
     x = torch.tensor([[0.0, 0.0], [1.05, 0.0], [0.3, -2.9], [2.5, 2.5], [-4.1, 0.2]])
-    radii, sd = datasets._RING_RADII, datasets._RING_SD
+    radii, sd = toys._RING_RADII, toys._RING_SD
     theta = torch.arange(4096) * (2 * math.pi / 4096)
     circles = radii[:, None, None] * torch.stack([theta.cos(), theta.sin()], -1)
     d2 = ((x[:, None, None, :] - circles) ** 2).sum(-1)
@@ -226,7 +219,7 @@ def test_rings_log_prob_is_the_circle_average_of_the_noise_density():
 
 
 def test_rings_radii_cluster_at_the_stated_radii_in_equal_shares():
-    radii, sd = datasets._RING_RADII, datasets._RING_SD
+    radii, sd = toys._RING_RADII, toys._RING_SD
     assert radii.tolist() == [1.0, 2.0, 3.0, 4.0]
     r = torch.linalg.vector_norm(draws("rings"), dim=-1)
     ring = (r[:, None] - radii).abs().argmin(-1)
@@ -251,11 +244,11 @@ def test_rings_radii_cluster_at_the_stated_radii_in_equal_shares():
 def test_two_spirals_lie_on_two_point_symmetric_arms_in_equal_shares():
     n = 4000
     x = draws("two_spirals", n)
-    t = torch.linspace(0, datasets._SPIRAL_TURNS, 1500)
-    arm = datasets._spiral_curve(t)
+    t = torch.linspace(0, toys._SPIRAL_TURNS, 1500)
+    arm = toys._spiral_curve(t)
     assert torch.linalg.vector_norm(arm[-1]) == pytest.approx(4.0)
     dist, which = nearest_curve(x, [arm, -arm])
-    assert dist.max() < 6 * datasets._SPIRAL_SD
+    assert dist.max() < 6 * toys._SPIRAL_SD
     assert binomial_z(which.sum().double(), n, torch.tensor(0.5)) < Z99
     # x -> -x maps one arm onto the other: the mean is zero.
     assert (mean_z(x, 0.0) < z_bound(2)).all()
@@ -267,7 +260,7 @@ def test_two_moons_are_two_equal_half_circles():
     t = torch.linspace(0, math.pi, 1000)
     upper = 2 * torch.stack([t.cos() - 0.5, t.sin() - 0.25], -1)
     dist, which = nearest_curve(x, [upper, -upper])
-    assert dist.max() < 6 * datasets._MOONS_SD
+    assert dist.max() < 6 * toys._MOONS_SD
     assert binomial_z(which.sum().double(), n, torch.tensor(0.5)) < Z99
     assert (mean_z(x, 0.0) < z_bound(2)).all()
     # The moons interleave: the upper one's tips reach below the lower one's top.
@@ -442,7 +435,7 @@ def test_digits_are_sklearn_digits_on_the_lattice_k_over_17():
 
 def test_digits_split_is_a_disjoint_cover_of_the_data_set():
     whole = load_images("digits", "all")
-    train_idx, val_idx = datasets._digits_split(whole.labels.numpy())
+    train_idx, val_idx = images._digits_split(whole.labels.numpy())
     assert len(np.intersect1d(train_idx, val_idx)) == 0
     assert np.array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(1797))
     for split, idx in (("train", train_idx), ("validation", val_idx)):
@@ -459,7 +452,7 @@ def test_digits_split_is_stratified_and_never_changes():
     a, b = load_images("digits", "validation"), load_images("digits", "validation")
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     # Pinned: a change of the split (or of torch's randperm) would make old numbers moot.
-    _, val_idx = datasets._digits_split(whole.numpy())
+    _, val_idx = images._digits_split(whole.numpy())
     assert val_idx[:8].tolist() == [1, 2, 6, 13, 16, 22, 25, 29] and val_idx.sum() == 271953
 
 

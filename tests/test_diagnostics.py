@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_flowebm import diagnostics
 from pyro_flowebm.diagnostics import (
     MixingSummary,
     assign_modes,
@@ -18,6 +17,7 @@ from pyro_flowebm.diagnostics import (
     plot_chains,
     to_inference_data,
 )
+from pyro_flowebm.io import arviz
 
 # Four well-separated modes (sd 0.3, distance 8): a draw lands nearest its own centre
 # except with probability far below 1e-12.
@@ -26,8 +26,7 @@ SD = 0.3
 
 
 def _az():
-    # ArviZ is imported (quietly) by the diagnostics module; reuse that import.
-    return diagnostics.az
+    return arviz()
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from pyro_flowebm import probe as probe_module
 from pyro_flowebm.datasets import ImageSet, dequantize, load_images
-from pyro_flowebm.probe import (
+from pyro_flowebm.metrics import probe as probe_module
+from pyro_flowebm.metrics.probe import (
     DigitsProbe,
     fit_probe,
     frechet_distance,

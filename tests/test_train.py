@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_flowebm import FlowEBM, NormflowsTransform, fit_ebm, flow_backbone, flows
-from pyro_flowebm.energy import ConvEnergy, MLPEnergy
+from pyro_flowebm.nn import ConvEnergy, MLPEnergy
 from pyro_flowebm.train import TrainingDiverged
 
 
@@ -85,7 +85,7 @@ def test_resume_from_a_checkpoint_gives_the_same_weights_as_an_uninterrupted_run
     }
     states = []
     torch.manual_seed(2)
-    fit_ebm(full, data, 20, on_checkpoint=states.append, backbone_lr=1e-3, **kwargs)
+    fit_ebm(full, data, 20, on_checkpoint=states.append, finetune_lr=1e-3, **kwargs)
     assert [s["step"] for s in states] == [5, 10, 15, 20]
 
     # A fresh process would start from the checkpoint alone: new modules, new optimizer,
@@ -94,7 +94,7 @@ def test_resume_from_a_checkpoint_gives_the_same_weights_as_an_uninterrupted_run
     resumed.energy.load_state_dict(init)
     nn.ModuleList(resumed.backbone.transforms).load_state_dict(init_flow)
     torch.manual_seed(12345)
-    tail = fit_ebm(resumed, data, 20, resume=states[1], backbone_lr=1e-3, **kwargs)
+    tail = fit_ebm(resumed, data, 20, resume=states[1], finetune_lr=1e-3, **kwargs)
     assert [m["step"] for m in tail] == list(range(10, 20))
     for a, b in zip(full.energy.parameters(), resumed.energy.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -115,7 +115,7 @@ def test_an_image_tilt_resumes_exactly_with_dequantized_batches():
 
     def image_ebm() -> FlowEBM:
         torch.manual_seed(3)
-        t = flows.glow((1, 4, 4), num_levels=1, num_steps=1, hidden=4)
+        t = flows.glow((1, 4, 4), num_levels=1, steps_per_level=1, hidden=4)
         t.inv(images[:32] + 0.5 / 17)  # ActNorm's initialization, the same for both
         return FlowEBM(flow_backbone(t, (1, 4, 4)), ConvEnergy((1, 4, 4), hidden=4))
 
@@ -164,7 +164,7 @@ def test_the_guard_stops_a_blow_up_before_the_bad_step():
         (torch.full((10, 2), math.nan), "expected finite data"),
         (torch.zeros(10, 3), r"expected data of shape \(n, 2\)"),
         (torch.zeros(1, 2), "expected at least 2 data points"),
-        (torch.zeros(0, 2), "expected at least one data point"),
+        (torch.zeros(0, 2), "expected at least 2 data points, got 0"),
     ],
 )
 def test_bad_data_is_refused_before_any_training(data, message):
@@ -192,10 +192,10 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 def test_fine_tuning_moves_the_backbone_only_when_asked():
     data = torch.randn(300, 2) * 0.5 + 1.0
-    for backbone_lr, moved in ((None, False), (1e-2, True)):
+    for finetune_lr, moved in ((None, False), (1e-2, True)):
         ebm = small_ebm()
         flow = nn.ModuleList(ebm.backbone.transforms)
         before = [p.clone() for p in flow.parameters()]
-        fit_ebm(ebm, data, 5, batch_size=32, backbone_lr=backbone_lr, progress_bar=False)
+        fit_ebm(ebm, data, 5, batch_size=32, finetune_lr=finetune_lr, progress_bar=False)
         changed = any(not torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
         assert changed == moved

@@ -1,25 +1,119 @@
-"""run_chains: warm-up and sampling of many chains at once with a vectorized kernel."""
+"""Many chains at once: warm-up with adaptation, then sampling into ArviZ InferenceData."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import pyro
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..diagnostics import to_inference_data
-from ..distribution import FlowEBM
-from .kernels import Kernel
-from .nuts import _check_counts, _check_init, _seeded
+from ..core import __version__, check_finite, check_int, seeded
+from ..distributions import FlowEBM
+from ..io import to_inference_data
+from .adaptation import Adaptation
+from .hmc import HMC
+from .kernel import Kernel
+from .state import ChainState, Potential, StepInfo
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["run_chains"]
+__all__ = ["advance", "corrected_sample", "run_chains"]
+
+# The kernel of corrected_sample when none is given.
+_CORRECTION_KERNEL = {"step_size": 0.2, "num_steps": 5}
+
+
+class _Trace:
+    """The kept draws and per-draw statistics of a run, preallocated."""
+
+    def __init__(self, init: Tensor, num_samples: int) -> None:
+        num_chains = init.shape[0]
+        self.draws = init.new_empty((num_samples, *init.shape))
+        self.stats = {
+            name: init.new_empty((num_samples, num_chains))
+            for name in ("acceptance_rate", "step_size", "energy", "lp")
+        }
+        bools = {"dtype": torch.bool, "device": init.device}
+        self.stats["diverging"] = torch.zeros((num_samples, num_chains), **bools)
+        longs = {"dtype": torch.long, "device": init.device}
+        self.stats["n_steps"] = torch.zeros((num_samples, num_chains), **longs)
+
+    def keep(self, j: int, state: ChainState, info: StepInfo) -> None:
+        self.draws[j] = state.position
+        self.stats["acceptance_rate"][j] = info.accept_prob
+        self.stats["step_size"][j] = info.step_size
+        self.stats["energy"][j] = info.energy
+        self.stats["lp"][j] = -state.potential
+        self.stats["diverging"][j] = info.diverging
+        self.stats["n_steps"][j] = info.num_grad_evals
+
+
+def _check_start(
+    target: FlowEBM | Potential, init: Tensor | None
+) -> tuple[Potential, FlowEBM | None]:
+    """The potential to move on, and the FlowEBM if the target is one."""
+    if isinstance(target, FlowEBM):
+        return target.chain_potential, target
+    if not callable(target):
+        raise TypeError(f"expected a FlowEBM or a potential function, got {type(target).__name__}")
+    if init is None:
+        raise ValueError("expected init positions (num_chains, *event_shape) for a potential")
+    return target, None
+
+
+def _initial_state(
+    kernel: Kernel, potential: Potential, init: Tensor, ebm: FlowEBM | None, num_chains: int
+) -> ChainState:
+    if ebm is not None:
+        shape = (num_chains, *ebm.batch_shape, *ebm.event_shape)
+        if tuple(init.shape) != shape:
+            raise ValueError(f"expected init of shape {shape}, got {tuple(init.shape)}")
+    elif init.dim() < 1 or init.shape[0] != num_chains:
+        raise ValueError(
+            f"expected init with {num_chains} chains in its first dimension, "
+            f"got shape {tuple(init.shape)}"
+        )
+    check_finite("init", init)
+    state = kernel.init(init, potential)
+    bad = ~torch.isfinite(state.potential)
+    if bad.any():
+        raise ValueError(
+            f"expected a finite potential at every initial point, got non-finite values "
+            f"in chains {bad.nonzero().flatten().tolist()[:10]}"
+        )
+    return state
+
+
+def _progress(bar: tqdm, i: int, warmup_steps: int, info: StepInfo, num_divergent: int) -> None:
+    bar.update()
+    if i == warmup_steps:
+        bar.set_description("sample")
+    if i % 10 == 0:
+        bar.set_postfix(
+            acc=f"{float(info.accept_prob.nan_to_num(0.0).mean()):.2f}",
+            step=f"{float(info.step_size.nanmean()):.3g}",
+            div=num_divergent,
+        )
+
+
+def _first_hmc_values(adapted: dict[str, Any]) -> dict[str, float]:
+    """``adapted_step_size`` and ``adapted_trajectory_length`` of the first kernel (of a
+    cycle, depth first) whose warm-up has them."""
+    if "step_size" in adapted:
+        return {
+            "adapted_step_size": adapted["step_size"],
+            "adapted_trajectory_length": adapted["trajectory_length"],
+        }
+    for member in adapted.get("kernels", []):
+        found = _first_hmc_values(member)
+        if found:
+            return found
+    return {}
 
 
 def run_chains(
@@ -39,8 +133,10 @@ def run_chains(
     With a :class:`~pyro_flowebm.FlowEBM` the chains move in its latent space on
     :math:`U(z) = \tfrac12|z|^2 + E(g(z))` and every kept draw is pushed through the flow;
     with a potential function (positions ``(C, *event_shape)`` to energies ``(C,)``) the
-    chains move on it directly, e.g. a data-space baseline. Only kept draws are stored
-    (``num_samples`` per chain, every ``thin``-th iteration), on the positions' device.
+    chains move on it directly, e.g. a data-space baseline. Warm-up steps go through the
+    kernel's :meth:`~pyro_flowebm.infer.Kernel.adaptation`; sampling uses the parameters it
+    settled on. Only kept draws are stored (``num_samples`` per chain, every ``thin``-th
+    iteration), on the positions' device.
 
     Args:
         target: a FlowEBM, or a potential function :math:`U`.
@@ -59,10 +155,11 @@ def run_chains(
         ``arviz.InferenceData``: ``posterior`` ``x`` (and ``z`` for a FlowEBM) with dims
         ``(chain, draw, ...)``; ``sample_stats`` ``acceptance_rate``, ``step_size``,
         ``diverging``, ``energy``, ``n_steps`` (gradient evaluations) and ``lp``
-        (:math:`-U`); ``attrs`` with the kernel's settings, the seed, what warm-up
-        adapted (``adapted_step_size``, ``adapted_trajectory_length`` for HMC kernels)
-        and ``num_grad_evals``, the gradient evaluations per chain of the whole run, and
-        ``sampling_time``, its wall seconds.
+        (:math:`-U`); ``attrs``: ``sampler`` (the kernel's class), ``kernel`` (JSON of
+        every setting of the kernel, nested for a cycle), ``adapted`` (JSON of what warm-up
+        settled on), ``adapted_step_size`` and ``adapted_trajectory_length`` (of the first
+        HMC-family kernel), the counts, the seed, ``num_grad_evals`` (gradient evaluations
+        per chain of the whole run) and ``sampling_time`` (its wall seconds).
 
     Example:
         >>> from pyro_flowebm.infer import HMC
@@ -72,112 +169,140 @@ def run_chains(
         >>> idata.posterior["x"].shape
         (64, 50, 2)
     """
-    _check_counts(
-        num_chains=(num_chains, 1),
-        num_samples=(num_samples, 1),
-        warmup_steps=(warmup_steps, 0),
-        thin=(thin, 1),
-    )
+    check_int("num_chains", num_chains, 1)
+    check_int("num_samples", num_samples, 1)
+    check_int("warmup_steps", warmup_steps, 0)
+    check_int("thin", thin, 1)
     if not isinstance(kernel, Kernel):
         raise TypeError(f"expected a pyro_flowebm.infer kernel, got {type(kernel).__name__}")
-    ebm = target if isinstance(target, FlowEBM) else None
-    if ebm is None and not callable(target):
-        raise TypeError(f"expected a FlowEBM or a potential function, got {type(target).__name__}")
-    if ebm is None and init is None:
-        raise ValueError("expected init positions (num_chains, *event_shape) for a potential")
-    potential_fn = ebm.chain_potential if ebm is not None else target
+    potential, ebm = _check_start(target, init)
     device = init.device if init is not None else ebm.base_dist.mean.device
 
     start = time.perf_counter()
-    with _seeded(seed, device):
+    with seeded(seed, device):
         if init is None:
             init = ebm.base_dist.sample((num_chains,))
-        if ebm is not None:
-            _check_init(init, ebm, num_chains, "init")
-        elif init.dim() < 1 or init.shape[0] != num_chains:
-            raise ValueError(
-                f"expected init with {num_chains} chains in its first dimension, "
-                f"got shape {tuple(init.shape)}"
-            )
-        elif not torch.isfinite(init).all():
-            raise ValueError("expected finite init, got non-finite entries")
-        state = kernel.init(potential_fn, init, warmup_steps)
-        bad = ~torch.isfinite(state.potential)
-        if bad.any():
-            raise ValueError(
-                f"expected a finite potential at every initial point, got non-finite values "
-                f"in chains {bad.nonzero().flatten().tolist()[:10]}"
-            )
-        draws = init.new_empty((num_samples, *init.shape))
-        stats = {
-            name: init.new_empty((num_samples, num_chains))
-            for name in ("acceptance_rate", "step_size", "energy", "lp")
-        }
-        diverging = torch.zeros((num_samples, num_chains), dtype=torch.bool, device=device)
-        n_steps = torch.zeros((num_samples, num_chains), dtype=torch.long, device=device)
-        total = warmup_steps + num_samples * thin
-        num_divergent = 0
-        grad_evals = 0
-        with tqdm(total=total, disable=not progress_bar, desc="warmup") as bar:
-            for i in range(total):
-                state, info = kernel.step(state)
-                grad_evals += info.num_grad_evals
-                kept = i - warmup_steps
-                if kept >= 0 and (kept + 1) % thin == 0:
-                    j = kept // thin
-                    draws[j] = state.position
-                    stats["acceptance_rate"][j] = info.accept_prob
-                    stats["step_size"][j] = info.step_size
-                    stats["energy"][j] = info.energy
-                    stats["lp"][j] = -state.potential
-                    diverging[j] = info.diverging
-                    n_steps[j] = info.num_grad_evals
-                if progress_bar:
-                    num_divergent += int(info.diverging.sum()) if kept >= 0 else 0
-                    bar.update()
-                    if i == warmup_steps:
-                        bar.set_description("sample")
-                    if i % 10 == 0:
-                        bar.set_postfix(
-                            acc=f"{float(info.accept_prob.nan_to_num(0.0).mean()):.2f}",
-                            step=f"{float(info.step_size.nanmean()):.3g}",
-                            div=num_divergent,
-                        )
-
-    draws = draws.transpose(0, 1)
+        state = _initial_state(kernel, potential, init, ebm, num_chains)
+        adaptation = kernel.adaptation(init, warmup_steps)
+        trace, grad_evals, state = _sample(
+            kernel, adaptation, potential, state, num_samples, warmup_steps, thin, progress_bar
+        )
+    draws = trace.draws.transpose(0, 1)
     posterior = {"x": draws}
     if ebm is not None:
         with torch.no_grad():
             posterior = {"x": ebm.transform(draws), "z": draws}
-    sample_stats = {k: v.transpose(0, 1) for k, v in stats.items()}
-    sample_stats["diverging"] = diverging.transpose(0, 1)
-    sample_stats["n_steps"] = n_steps.transpose(0, 1)
-    settings = {
-        k: v
-        for k, v in vars(kernel).items()
-        if not k.startswith("_") and isinstance(v, bool | int | float | str)
-    }
     if draws.device.type == "cuda":
         torch.cuda.synchronize(draws.device)  # kernels run asynchronously: wait for them
-    # What warm-up settled on, and the whole run's cost, warm-up included.
-    adapted = {"num_grad_evals": grad_evals, "sampling_time": round(time.perf_counter() - start, 3)}
-    if hasattr(kernel, "current_step_size"):
-        adapted["adapted_step_size"] = float(kernel.current_step_size.mean())
-        adapted["adapted_trajectory_length"] = kernel.trajectory_length
+    adapted = adaptation.adapted()
     return to_inference_data(
         posterior,
-        sample_stats,
+        {k: v.transpose(0, 1) for k, v in trace.stats.items()},
         attrs={
             "inference_library": "pyro_flowebm",
-            "inference_library_version": pyro.__version__,
+            "inference_library_version": __version__,
             "sampler": type(kernel).__name__,
+            "kernel": json.dumps(kernel.settings()),
+            "adapted": json.dumps(adapted),
+            **_first_hmc_values(adapted),
             "space": "latent" if ebm is not None else "potential",
             "num_chains": num_chains,
             "num_samples": num_samples,
             "warmup_steps": warmup_steps,
             "thin": thin,
             "seed": seed,
-            **settings,
-            **adapted,
+            # The whole run's cost, warm-up included.
+            "num_grad_evals": grad_evals,
+            "sampling_time": round(time.perf_counter() - start, 3),
         },
     )
+
+
+def advance(
+    kernel: Kernel,
+    adaptation: Adaptation,
+    potential: Potential,
+    state: ChainState,
+    warming_up: bool,
+) -> tuple[ChainState, StepInfo]:
+    """One step of every chain: through ``adaptation`` while warming up, else with the
+    parameters it settled on."""
+    if warming_up:
+        return adaptation.step(state, potential)
+    return kernel.step(state, potential, adaptation.params)
+
+
+def _sample(
+    kernel: Kernel,
+    adaptation: Adaptation,
+    potential: Potential,
+    state: ChainState,
+    num_samples: int,
+    warmup_steps: int,
+    thin: int,
+    progress_bar: bool,
+) -> tuple[_Trace, int, ChainState]:
+    """Run the chains and keep every ``thin``-th state after warm-up."""
+    trace = _Trace(state.position, num_samples)
+    total = warmup_steps + num_samples * thin
+    num_divergent = grad_evals = 0
+    with tqdm(total=total, disable=not progress_bar, desc="warmup") as bar:
+        for i in range(total):
+            state, info = advance(kernel, adaptation, potential, state, i < warmup_steps)
+            grad_evals += info.num_grad_evals
+            kept = i - warmup_steps
+            if kept >= 0 and (kept + 1) % thin == 0:
+                trace.keep(kept // thin, state, info)
+            if progress_bar:
+                num_divergent += int(info.diverging.sum()) if kept >= 0 else 0
+                _progress(bar, i, warmup_steps, info, num_divergent)
+    return trace, grad_evals, state
+
+
+def corrected_sample(
+    ebm: FlowEBM,
+    sample_shape: torch.Size | tuple[int, ...] = torch.Size(),
+    mcmc_steps: int = 20,
+    kernel: Kernel | None = None,
+    *,
+    seed: int | None = None,
+) -> Tensor:
+    """Backbone draws moved towards the EBM by ``mcmc_steps`` steps of latent MCMC.
+
+    Each draw starts from the backbone in latent space, :math:`z \\sim \\mathcal N(0, I)`,
+    and runs ``mcmc_steps`` steps of ``kernel`` (default: :class:`~pyro_flowebm.infer.HMC`
+    with step size 0.2 and 5 leapfrog steps), all draws as parallel chains, warm-up
+    adaptation during the first half; the final states are pushed through the flow. The
+    short-run correction EBM training uses: it approaches the EBM as ``mcmc_steps`` grows.
+
+    Args:
+        ebm: the model.
+        sample_shape: the shape of the draws, as in ``ebm.sample(sample_shape)``.
+        mcmc_steps: steps per draw (0: backbone draws).
+        kernel: the kernel.
+        seed: seeds torch's generator for this call only.
+
+    Returns:
+        Draws of shape ``sample_shape + ebm.batch_shape + ebm.event_shape``.
+
+    Example:
+        >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
+        >>> from pyro_flowebm.nn import MLPEnergy
+        >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+        >>> corrected_sample(ebm, (100,), mcmc_steps=20, seed=0).shape
+        torch.Size([100, 2])
+    """
+    if not isinstance(ebm, FlowEBM):
+        raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
+    check_int("mcmc_steps", mcmc_steps, 0)
+    kernel = kernel if kernel is not None else HMC(**_CORRECTION_KERNEL)
+    sample_shape = torch.Size(sample_shape)
+    with seeded(seed, ebm.base_dist.mean.device):
+        z = ebm.base_dist.sample(sample_shape).reshape(-1, *ebm.batch_shape, *ebm.event_shape)
+        state = kernel.init(z, ebm.chain_potential)
+        adaptation = kernel.adaptation(z, mcmc_steps // 2)
+        for i in range(mcmc_steps):
+            state, _ = advance(kernel, adaptation, ebm.chain_potential, state, i < mcmc_steps // 2)
+    with torch.no_grad():
+        x = ebm.transform(state.position)
+    return x.reshape(sample_shape + ebm.batch_shape + ebm.event_shape)

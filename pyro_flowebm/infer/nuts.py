@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyro
@@ -12,34 +12,14 @@ import torch
 from pyro.infer import MCMC, NUTS
 from torch import Tensor
 
-from ..diagnostics import to_inference_data
-from ..distribution import FlowEBM
+from ..core import check_finite, check_int, check_probability, seeded
+from ..distributions import FlowEBM
+from ..io import to_inference_data
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
 __all__ = ["data_space_nuts", "latent_nuts"]
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's generator for the block and restore the caller's stream after it."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _data_potential(ebm: FlowEBM) -> Callable[[Tensor], Tensor]:
-    r""":math:`-\log p(x) + \text{const} = E(x) - \log q(x)`, without value validation (a
-    sampler's proposals may leave the support; the samplers handle non-finite values)."""
-    q = ebm.backbone
-    # The same transforms (and parameters), without the check that would raise on a NaN.
-    q = type(q)(q.base_dist, q.transforms, validate_args=False)
-    return lambda x: ebm.energy_of(x) - q.log_prob(x)
 
 
 def _finite_potential(potential: Callable[[Tensor], Tensor]) -> Callable[[dict], Tensor]:
@@ -134,38 +114,65 @@ def _run_nuts(
     return draws, stats
 
 
-def _check_counts(**counts: tuple[int, int]) -> None:
-    """Each keyword is ``name=(value, lowest allowed)``."""
-    for name, (value, low) in counts.items():
-        if value < low:
-            raise ValueError(f"expected {name} >= {low}, got {value}")
-
-
-def _check_args(ebm: FlowEBM, num_samples: int, warmup_steps: int, num_chains: int) -> None:
+def _nuts(
+    ebm: FlowEBM,
+    space: str,
+    num_samples: int,
+    warmup_steps: int,
+    num_chains: int,
+    init: Tensor | None,
+    seed: int | None,
+    target_accept_prob: float,
+    max_tree_depth: int,
+    progress_bar: bool,
+) -> InferenceData:
+    """NUTS chains on ``ebm`` in ``space`` ("latent" or "data"), as InferenceData."""
     if not isinstance(ebm, FlowEBM):
         raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
-    _check_counts(
-        num_samples=(num_samples, 1), warmup_steps=(warmup_steps, 0), num_chains=(num_chains, 1)
-    )
-
-
-def _check_init(init: Tensor, ebm: FlowEBM, num_chains: int, name: str) -> Tensor:
-    shape = (num_chains, *ebm.batch_shape, *ebm.event_shape)
-    if tuple(init.shape) != shape:
-        raise ValueError(f"expected {name} of shape {shape}, got {tuple(init.shape)}")
-    if not torch.isfinite(init).all():
-        raise ValueError(f"expected finite {name}, got non-finite entries")
-    return init
-
-
-def _attrs(space: str, **settings: object) -> dict[str, object]:
-    return {
+    check_int("num_samples", num_samples, 1)
+    check_int("warmup_steps", warmup_steps, 0)
+    check_int("num_chains", num_chains, 1)
+    check_probability("target_accept_prob", target_accept_prob)
+    check_int("max_tree_depth", max_tree_depth, 1)
+    latent = space == "latent"
+    start = time.perf_counter()
+    with seeded(seed, ebm.base_dist.mean.device):
+        if init is None:
+            init = ebm.base_dist.sample((num_chains,)) if latent else ebm.sample((num_chains,))
+        shape = (num_chains, *ebm.batch_shape, *ebm.event_shape)
+        if tuple(init.shape) != shape:
+            raise ValueError(f"expected init of shape {shape}, got {tuple(init.shape)}")
+        check_finite("init", init)
+        potential = ebm.latent_potential if latent else ebm.data_potential
+        settings = (num_samples, warmup_steps, target_accept_prob, max_tree_depth, progress_bar)
+        draws, stats = _run_nuts(potential, init, *settings)
+    with torch.no_grad():
+        if latent:
+            x, z = ebm.transform(draws), draws
+            stats["lp"] = ebm.latent_log_prob(z)
+        else:
+            x, z = draws, ebm.transform.inv(draws)
+            stats["lp"] = ebm.log_prob(x)
+    kernel = {
+        "name": "NUTS",
+        "target_accept_prob": target_accept_prob,
+        "max_tree_depth": max_tree_depth,
+        "adapt_step_size": True,
+        "adapt_mass_matrix": True,
+    }
+    attrs = {
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
         "sampler": "NUTS",
+        "kernel": json.dumps(kernel),
         "space": space,
-        **settings,
+        "num_chains": num_chains,
+        "num_samples": num_samples,
+        "warmup_steps": warmup_steps,
+        "seed": seed,
+        "sampling_time": round(time.perf_counter() - start, 3),
     }
+    return to_inference_data({"x": x, "z": z}, stats, attrs=attrs)
 
 
 def latent_nuts(
@@ -206,51 +213,22 @@ def latent_nuts(
         ``arviz.InferenceData`` with ``posterior`` ``x`` and ``z`` of shape
         ``(chain, draw, *batch_shape, *event_shape)``, ``sample_stats`` ``diverging``,
         ``acceptance_rate`` (the draw's mean Metropolis acceptance over its tree),
-        ``step_size`` and ``lp`` (:math:`-U(z)`); the settings, the seed and the wall
-        seconds (``sampling_time``) in ``attrs``.
+        ``step_size`` and ``lp`` (:math:`-U(z)`); ``attrs``: ``sampler``, ``kernel`` (JSON
+        of NUTS's settings), the counts, the seed and the wall seconds (``sampling_time``).
 
     Example:
         >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
-        >>> from pyro_flowebm.energy import MLPEnergy
+        >>> from pyro_flowebm.nn import MLPEnergy
         >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
         >>> idata = latent_nuts(ebm, num_samples=20, warmup_steps=50, num_chains=2,
         ...                     seed=0, progress_bar=False)
         >>> idata.posterior["x"].shape
         (2, 20, 2)
     """
-    _check_args(ebm, num_samples, warmup_steps, num_chains)
-    device = ebm.base_dist.mean.device
-    start = time.perf_counter()
-    with _seeded(seed, device):
-        if init is None:
-            init = ebm.base_dist.sample((num_chains,))
-        init = _check_init(init, ebm, num_chains, "init")
-        z, stats = _run_nuts(
-            ebm.latent_potential,
-            init,
-            num_samples,
-            warmup_steps,
-            target_accept_prob,
-            max_tree_depth,
-            progress_bar,
-        )
-    with torch.no_grad():
-        x = ebm.transform(z)
-        stats["lp"] = ebm.latent_log_prob(z)
-    return to_inference_data(
-        {"x": x, "z": z},
-        stats,
-        attrs=_attrs(
-            "latent",
-            num_chains=num_chains,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-            seed=seed,
-            sampling_time=round(time.perf_counter() - start, 3),
-        ),
-    )
+    return _nuts(
+        ebm, "latent", num_samples, warmup_steps, num_chains, init, seed, target_accept_prob,
+        max_tree_depth, progress_bar,
+    )  # fmt: skip
 
 
 def data_space_nuts(
@@ -267,51 +245,22 @@ def data_space_nuts(
 ) -> InferenceData:
     r"""Sample the same FlowEBM with Pyro's NUTS in data space, for comparisons.
 
-    NUTS runs on :math:`-\log q(x) + E(x)`, which needs the backbone's inverse and
-    log-determinant at every gradient. Same arguments and output as :func:`latent_nuts`,
-    except that ``init`` holds starting points ``x`` (default: backbone draws),
-    ``z = g^{-1}(x)`` is computed after sampling and ``lp`` is the unnormalized
-    :math:`\log p(x)`.
+    NUTS runs on :meth:`~pyro_flowebm.FlowEBM.data_potential`, :math:`E(x) - \log q(x)`,
+    which needs the backbone's inverse and log-determinant at every gradient. Same
+    arguments and output as :func:`latent_nuts`, except that ``init`` holds starting
+    points ``x`` (default: backbone draws), ``z = g^{-1}(x)`` is computed after sampling
+    and ``lp`` is the unnormalized :math:`\log p(x)`.
 
     Example:
         >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
-        >>> from pyro_flowebm.energy import MLPEnergy
+        >>> from pyro_flowebm.nn import MLPEnergy
         >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
         >>> idata = data_space_nuts(ebm, num_samples=20, warmup_steps=50, num_chains=2,
         ...                         seed=0, progress_bar=False)
         >>> idata.posterior["z"].shape
         (2, 20, 2)
     """
-    _check_args(ebm, num_samples, warmup_steps, num_chains)
-    device = ebm.base_dist.mean.device
-    start = time.perf_counter()
-    with _seeded(seed, device):
-        if init is None:
-            init = ebm.sample((num_chains,))
-        init = _check_init(init, ebm, num_chains, "init")
-        x, stats = _run_nuts(
-            _data_potential(ebm),
-            init,
-            num_samples,
-            warmup_steps,
-            target_accept_prob,
-            max_tree_depth,
-            progress_bar,
-        )
-    with torch.no_grad():
-        z = ebm.transform.inv(x)
-        stats["lp"] = ebm.log_prob(x)
-    return to_inference_data(
-        {"x": x, "z": z},
-        stats,
-        attrs=_attrs(
-            "data",
-            num_chains=num_chains,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-            seed=seed,
-            sampling_time=round(time.perf_counter() - start, 3),
-        ),
-    )
+    return _nuts(
+        ebm, "data", num_samples, warmup_steps, num_chains, init, seed, target_accept_prob,
+        max_tree_depth, progress_bar,
+    )  # fmt: skip

@@ -1,0 +1,374 @@
+"""The ``pyro-flowebm`` command: train, sample, evaluate and report runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import matplotlib
+import torch
+
+from .. import datasets
+from ..diagnostics import MIXING
+from ..infer import SAMPLERS
+from ..train import TrainingDiverged
+from .config import BACKBONES, IMAGE_BACKBONES, IMAGE_DEFAULTS, RunConfig, default_of
+from .evaluation import evaluate_run
+from .reporting import report_run
+from .rundir import CHECKPOINT, EVALUATION, RunExistsError
+from .sampling import sample_run
+from .training import train_run
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+# `report --strict`: the verdict is not `mixing`.
+EXIT_NOT_MIXING = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _UsageError(Exception):
+    """A bad argument found after parsing (bad data, an occupied --out, ...): exit 2."""
+
+
+class _Deprecated(argparse.Action):
+    """A flag's old name: stores into the new one's destination and says so on stderr."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        print(f"{parser.prog}: {option_string} is deprecated: use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+# Flags of `train` that set a RunConfig field: (flag, field, type, help). The flag is the
+# field's name with dashes.
+_TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--steps", "steps", _positive_int, "training steps of the tilt"),
+    ("--seed", "seed", int, "seed of the data split, the initialization and training"),
+    ("--device", "device", str, "torch device, e.g. cpu or cuda"),
+    ("--num-data", "num_data", _positive_int, "training draws of a toy data set"),
+    ("--num-heldout", "num_heldout", _positive_int, "held-out draws of a toy data set"),
+    ("--heldout-fraction", "heldout_fraction", float, "share of a data file held out"),
+    ("--backbone", "backbone", str,
+     "flow preset: auto (realnvp for vectors, glow for images), realnvp, neural_spline, glow"),
+    ("--backbone-levels", "backbone_levels", _positive_int, "scales of an image flow"),
+    ("--backbone-layers", "backbone_layers", _positive_int,
+     "flow layers (image flows: steps per scale)"),
+    ("--backbone-hidden", "backbone_hidden", _positive_int,
+     "width of the flow's networks (image flows: channels)"),
+    ("--energy-layers", "energy_layers", _positive_int,
+     "hidden layers of the energy MLP (images: convolutions)"),
+    ("--energy-hidden", "energy_hidden", _positive_int,
+     "width of the energy MLP (images: channels of the first convolution)"),
+    ("--backbone-steps", "backbone_steps", _positive_int, "maximum-likelihood steps of the flow"),
+    ("--backbone-lr", "backbone_lr", _positive_float, "learning rate of the flow's fit"),
+    ("--lr", "lr", _positive_float, "learning rate of the energy"),
+    ("--batch-size", "batch_size", _positive_int, "data points and chains per step"),
+    ("--mcmc-steps", "mcmc_steps", _positive_int, "latent HMC iterations per step"),
+    ("--num-steps", "num_steps", _positive_int, "leapfrog steps per HMC iteration"),
+    ("--independence-moves", "independence_moves", _nonnegative_int,
+     "independence Metropolis moves per step (backbone proposals)"),
+    ("--energy-reg", "energy_reg", float, "weight of the squared-energy penalty"),
+    ("--finetune-lr", "finetune_lr", _positive_float,
+     "fine-tune the backbone jointly with this learning rate"),
+    ("--validate-every", "validate_every", _positive_int, "steps between validations"),
+    ("--checkpoint-every", "checkpoint_every", _nonnegative_int,
+     "steps between checkpoints (0: only at the end)"),
+)  # fmt: skip
+# Old flag names, kept working: old -> (new, destination).
+_DEPRECATED_FLAGS = {
+    "train": {"--leapfrog-steps": ("--num-steps", "num_steps")},
+    "sample": {"--warmup": ("--warmup-steps", "warmup_steps")},
+    "evaluate": {"--num-samples": ("--num-draws", "num_draws")},
+}
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=_positive_int, default=1,
+        help="torch intra-op threads (default: 1; the default models are small, and extra "
+        "threads on a busy machine slow training down, see docs/command.md)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _deprecated_flags(parser: argparse.ArgumentParser, command: str, **kwargs: Any) -> None:
+    for old, (new, dest) in _DEPRECATED_FLAGS[command].items():
+        parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS,
+                            **kwargs)  # fmt: skip
+
+
+def _train_parser(commands: Any) -> None:
+    toys = ", ".join(sorted(datasets.TOYS))
+    images = ", ".join(datasets.IMAGE_SETS)
+    defaults = RunConfig()
+    train = commands.add_parser(
+        "train",
+        help="fit the backbone, then learn the tilt, into a run directory",
+        description="Fit a flow backbone by maximum likelihood, then learn the energy tilt "
+        "with latent MCMC. Writes config.json, data.pt, metrics.jsonl and checkpoint.pt "
+        "into --out. Exit code 1 if training diverges (the last good checkpoint is kept).",
+    )
+    train.add_argument(
+        "--data", required=True, metavar="NAME_OR_FILE",
+        help=f"a toy data set ({toys}), a .npy, .pt or .csv file of shape (n, d), or images: "
+        f"{images}, or a .npy file of shape (N, C, H, W) or (N, H, W)",
+    )  # fmt: skip
+    train.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory")
+    for flag, field, kind, text in _TRAIN_FLAGS:
+        default = getattr(defaults, field)
+        # SUPPRESS: only flags actually given reach the config, so --resume can tell
+        # a conflicting flag from a default.
+        train.add_argument(
+            flag, dest=field, type=kind, default=argparse.SUPPRESS,
+            choices=["auto", *BACKBONES, *IMAGE_BACKBONES] if field == "backbone" else None,
+            help=f"{text} (default: {default}"
+            + (f"; images: {IMAGE_DEFAULTS[field]})" if field in IMAGE_DEFAULTS else ")"),
+        )  # fmt: skip
+    train.add_argument(
+        "--persistent", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+        help=f"keep the chains between steps (default: {defaults.persistent}; images: "
+        f"{IMAGE_DEFAULTS['persistent']}, restarted from N(0, I) each step)",
+    )  # fmt: skip
+    _deprecated_flags(train, "train", type=_positive_int, default=argparse.SUPPRESS)
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    _common_flags(train)
+
+
+def _sample_parser(commands: Any) -> None:
+    sample = commands.add_parser(
+        "sample",
+        help="draw MCMC samples of a trained run into a NetCDF file",
+        description="Sample a run's FlowEBM by MCMC in the flow's latent space and write "
+        "ArviZ InferenceData (posterior x and z, sample_stats) as NetCDF.",
+    )
+    sample.add_argument("--run", required=True, type=Path, metavar="DIR", help="run directory")
+    sample.add_argument("--out", required=True, type=Path, metavar="FILE.nc", help="output file")
+    counts = {
+        "--num-chains": ("num_chains", _positive_int, "chains"),
+        "--num-samples": ("num_samples", _positive_int, "draws per chain"),
+        "--warmup-steps": ("warmup_steps", _nonnegative_int, "warm-up iterations"),
+        "--thin": ("thin", _positive_int, "keep every n-th draw"),
+        "--seed": ("seed", int, "seed of the draws"),
+    }
+    for flag, (dest, kind, text) in counts.items():
+        default = default_of(sample_run, dest)
+        sample.add_argument(flag, dest=dest, type=kind, default=default,
+                            help=f"{text} (default: {default})")  # fmt: skip
+    _deprecated_flags(sample, "sample", type=_nonnegative_int)
+    sampler = default_of(sample_run, "sampler")
+    sample.add_argument(
+        "--sampler", choices=SAMPLERS, default=sampler,
+        help="hmc-imh: four HMC iterations then one independence move a cycle; hmc: HMC with 10 "
+        "leapfrog steps; chees: HMC with ChEES trajectory length; nuts: Pyro NUTS, one "
+        "chain at a time (slow); data-hmc: HMC in data space from the same start points, "
+        f"the baseline (default: {sampler})",
+    )  # fmt: skip
+    sample.add_argument("--device", default=None, help="torch device (default: the run's)")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _common_flags(sample)
+
+
+def _evaluate_parser(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compare backbone and EBM samples with held-out data",
+        description="Compare draws of the backbone and of the EBM with held-out data: MMD, "
+        "energy distance and, for the toy mixtures, mode coverage, mode-weight error and "
+        "grid KL. Prints a table and writes evaluation.json and evaluation.png (data, "
+        "backbone samples, EBM samples, learned energy) into the run directory.",
+    )
+    evaluate.add_argument("--run", required=True, type=Path, metavar="DIR", help="run directory")
+    evaluate.add_argument(
+        "--data", default=None, metavar="NAME_OR_FILE",
+        help="reference data: a toy name (fresh exact draws) or a file (default: the "
+        "run's held-out data)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--samples", type=Path, default=None, metavar="FILE.nc",
+        help="EBM draws from `pyro-flowebm sample` (default: draw them with hmc-imh)",
+    )  # fmt: skip
+    num_draws, seed = default_of(evaluate_run, "num_draws"), default_of(evaluate_run, "seed")
+    evaluate.add_argument(
+        "--num-draws", dest="num_draws", type=_positive_int, default=num_draws,
+        help=f"draws of each model compared, one a chain (default: {num_draws})",
+    )  # fmt: skip
+    _deprecated_flags(evaluate, "evaluate", type=_positive_int)
+    evaluate.add_argument("--seed", type=int, default=seed, help=f"(default: {seed})")
+    evaluate.add_argument("--no-plots", action="store_true", help="skip evaluation.png")
+    _common_flags(evaluate)
+
+
+def _report_parser(commands: Any) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write an HTML mixing report of a run's chains, with a verdict",
+        description="Write one self-contained HTML page (ArviZ summary with flagged cells, "
+        "trace, rank, autocorrelation and energy plots, mode coverage, chains over the data, "
+        "settings and versions) and a Markdown summary beside it whose first line is "
+        "`verdict: mixing`, `verdict: not mixing` or `verdict: false convergence`. Exit code "
+        f"2 on bad input; with --strict, {EXIT_NOT_MIXING} when the verdict is not mixing.",
+    )
+    report.add_argument(
+        "source", type=Path, metavar="RUN_DIR_OR_NETCDF",
+        help="a run directory with samples.nc, or any ArviZ NetCDF file with a posterior",
+    )  # fmt: skip
+    report.add_argument(
+        "--compare", type=Path, default=None, metavar="OTHER",
+        help="a second run or NetCDF file, reported side by side with a comparison verdict",
+    )  # fmt: skip
+    report.add_argument("--out", required=True, type=Path, metavar="FILE.html", help="the page")
+    report.add_argument(
+        "--modes", type=Path, default=None, metavar="FILE",
+        help="known mode centres, a .npy, .csv or .pt file of shape (K, d) (default: the "
+        "modes of a run's built-in mixture)",
+    )  # fmt: skip
+    report.add_argument(
+        "--strict", action="store_true",
+        help=f"exit with code {EXIT_NOT_MIXING} unless the verdict is `mixing`",
+    )  # fmt: skip
+    report.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch intra-op threads (default: 1)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pyro-flowebm",
+        description="Train, sample and evaluate energy-based models tilted from normalizing "
+        "flows, sampled by MCMC in the flow's latent space.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_train_parser, _sample_parser, _evaluate_parser, _report_parser):
+        add(commands)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    fields = {field for _, field, _, _ in _TRAIN_FLAGS} | {"persistent"}
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    try:
+        config = RunConfig.for_data(args.data, **given)
+    except (TypeError, ValueError) as e:
+        raise _UsageError(str(e)) from e
+    try:
+        train_run(
+            args.out, config, resume=args.resume, overwrite=args.overwrite,
+            progress_bar=not args.no_progress,
+        )  # fmt: skip
+    except TrainingDiverged as e:
+        print(
+            f"pyro-flowebm train: {e}. The last good checkpoint is kept in "
+            f"{args.out / CHECKPOINT}.",
+            file=sys.stderr,
+        )
+        return 1
+    except (ValueError, FileNotFoundError, RunExistsError) as e:
+        raise _UsageError(str(e)) from e
+    print(f"trained: {args.out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    try:
+        sample_run(
+            args.run, args.out, sampler=args.sampler, num_chains=args.num_chains,
+            num_samples=args.num_samples, warmup_steps=args.warmup_steps, thin=args.thin,
+            seed=args.seed, device=args.device, overwrite=args.overwrite,
+            progress_bar=not args.no_progress,
+        )  # fmt: skip
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise _UsageError(str(e)) from e
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        report = evaluate_run(
+            args.run, data=args.data, samples=args.samples, num_draws=args.num_draws,
+            seed=args.seed, plots=not args.no_plots, progress_bar=not args.no_progress,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:
+        raise _UsageError(str(e)) from e
+    print(report.table())
+    print(f"wrote {args.run / EVALUATION}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    matplotlib.use("Agg")  # a file is written; no window is ever opened
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise _UsageError(f"expected an .html file for --out, got {args.out}")
+    try:
+        result = report_run(args.source, args.out, compare=args.compare, modes=args.modes)
+    except (FileNotFoundError, ValueError) as e:
+        raise _UsageError(str(e)) from e
+    print(result.verdict)
+    if result.comparison:
+        print(f"comparison: {result.comparison}")
+    print(f"wrote {result.html} and {result.markdown} in {result.seconds:.1f} s")
+    return EXIT_NOT_MIXING if args.strict and result.verdict.label != MIXING else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pyro-flowebm`` with ``argv`` (default: the command line); returns the exit code.
+
+    Example:
+        >>> main(["train", "--data", "rings", "--out", "run", "--steps", "0"])
+        2
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument already reported in one line
+        return int(e.code or 0)
+    commands = {"train": _train, "sample": _sample, "evaluate": _evaluate, "report": _report}
+    command = commands[args.command]
+    torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(args.threads)
+    try:
+        return command(args)
+    except _UsageError as e:
+        print(f"pyro-flowebm {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

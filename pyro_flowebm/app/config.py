@@ -1,0 +1,236 @@
+"""The run configuration: every setting of a training run, its defaults taken from the library.
+
+A default of training or sampling is written once, in the signature of the library
+function that uses it (:func:`~pyro_flowebm.fit_ebm`, :func:`~pyro_flowebm.fit_backbone`,
+:func:`~pyro_flowebm.infer.sample_ebm`, ...); the configuration and the command read it
+from there with :func:`default_of`. What belongs to a run alone (the data split, the
+model's size, the seed) is written here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import datasets, flows
+from ..core import check_choice, check_int, check_positive
+from ..distributions import FlowEBM
+from ..flows import fit_backbone, flow_backbone
+from ..nn import ConvEnergy, MLPEnergy
+from ..train import TiltSettings, fit_ebm
+
+__all__ = [
+    "BACKBONES",
+    "IMAGE_BACKBONES",
+    "IMAGE_DEFAULTS",
+    "RunConfig",
+    "default_of",
+    "is_image_data",
+]
+
+
+def default_of(function: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` in ``function``'s signature.
+
+    Example:
+        >>> default_of(fit_ebm, "lr")
+        0.003
+    """
+    default = inspect.signature(function).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise ValueError(f"expected a default for {function.__name__}({name}=), got none")
+    return default
+
+
+# Presets for vectors (dim, layers, hidden) and for images (event shape, levels, steps, hidden).
+BACKBONES = {"realnvp": flows.realnvp, "neural_spline": flows.neural_spline}
+IMAGE_BACKBONES = {"glow": flows.glow}
+# The image preset of RunConfig.for_data, where the defaults (sized for 2-D toys) would
+# train for an hour: a digits run in about 10 minutes on one CPU thread. It keeps restarted
+# chains and the stronger penalty the digits results were measured with (docs/images.md).
+IMAGE_DEFAULTS: dict[str, Any] = {
+    "backbone_hidden": 64,
+    "energy_hidden": 32,
+    "energy_layers": 3,
+    "backbone_steps": 2000,
+    "steps": 300,
+    "batch_size": 128,
+    "mcmc_steps": 3,
+    "persistent": False,
+    "energy_reg": 0.1,
+}
+# RunConfig fields that are fit_ebm's keyword arguments of the same name.
+_FIT_EBM_FIELDS = (
+    "steps",
+    "lr",
+    "batch_size",
+    "mcmc_steps",
+    "num_steps",
+    "persistent",
+    "independence_moves",
+    "energy_reg",
+    "finetune_lr",
+    "validate_every",
+    "checkpoint_every",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run; stored as ``config.json`` in the run.
+
+    Data: ``data`` is a toy name of :data:`~pyro_flowebm.datasets.TOYS` (``num_data``
+    training and ``num_heldout`` held-out exact draws, from independent seeds), a
+    ``.npy``/``.pt``/``.csv`` file of vectors (split at random, ``heldout_fraction`` held
+    out), or images: a name of :data:`~pyro_flowebm.datasets.IMAGE_SETS` or a ``.npy``
+    array of 3 or 4 dimensions, with the fixed train/validation split of
+    :func:`~pyro_flowebm.datasets.load_images` (``num_data``, ``num_heldout`` and
+    ``heldout_fraction`` do not apply), dequantized in training.
+    Model, vectors: a ``backbone`` preset of :mod:`~pyro_flowebm.flows` (``"auto"`` is
+    ``"realnvp"``) with ``backbone_layers`` x ``backbone_hidden``, and an
+    :class:`~pyro_flowebm.nn.MLPEnergy` of ``energy_layers`` x ``energy_hidden``.
+    Images: :func:`~pyro_flowebm.flows.glow` (``"auto"``) with ``backbone_levels``
+    scales of ``backbone_layers`` steps with ``backbone_hidden`` channels, and a
+    :class:`~pyro_flowebm.nn.ConvEnergy` of ``energy_layers`` convolutions starting
+    at ``energy_hidden`` channels.
+    Training: :func:`~pyro_flowebm.fit_backbone` for ``backbone_steps`` at
+    ``backbone_lr``, then :func:`~pyro_flowebm.fit_ebm` with the fields of its keyword
+    arguments (``steps``, ``lr``, ..., ``finetune_lr``); their defaults are the library's.
+
+    Example:
+        >>> RunConfig(data="rings", steps=200).steps
+        200
+    """
+
+    data: str = "eight_gaussians"
+    seed: int = 0
+    device: str = "cpu"
+    num_data: int = 5000
+    num_heldout: int = 2000
+    heldout_fraction: float = 0.2
+    backbone: str = "auto"
+    backbone_levels: int = 2
+    backbone_layers: int = 4
+    backbone_hidden: int = 32
+    energy_layers: int = 2
+    energy_hidden: int = 64
+    backbone_steps: int = default_of(fit_backbone, "steps")
+    backbone_lr: float = default_of(fit_backbone, "lr")
+    steps: int = default_of(fit_ebm, "steps")
+    lr: float = default_of(fit_ebm, "lr")
+    batch_size: int = default_of(fit_ebm, "batch_size")
+    mcmc_steps: int = default_of(fit_ebm, "mcmc_steps")
+    num_steps: int = default_of(fit_ebm, "num_steps")
+    persistent: bool = default_of(fit_ebm, "persistent")
+    independence_moves: int = default_of(fit_ebm, "independence_moves")
+    energy_reg: float = default_of(fit_ebm, "energy_reg")
+    finetune_lr: float | None = default_of(fit_ebm, "finetune_lr")
+    validate_every: int = default_of(fit_ebm, "validate_every")
+    checkpoint_every: int = default_of(fit_ebm, "checkpoint_every")
+
+    def __post_init__(self) -> None:
+        check_choice("backbone", self.backbone, ["auto", *BACKBONES, *IMAGE_BACKBONES])
+        for name in (
+            "num_data num_heldout backbone_levels backbone_layers backbone_hidden "
+            "energy_layers energy_hidden backbone_steps"
+        ).split():
+            check_int(name, getattr(self, name), 1)
+        check_positive("backbone_lr", self.backbone_lr)
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"expected 0 < heldout_fraction < 1, got {self.heldout_fraction}")
+        TiltSettings(**self.fit_ebm_kwargs(), **_OTHER_TILT_SETTINGS)
+
+    @classmethod
+    def for_data(cls, data: str, **fields: Any) -> RunConfig:
+        """A config for ``data``: :data:`IMAGE_DEFAULTS` for image data, the class's own
+        defaults otherwise, and ``fields`` over either.
+
+        Example:
+            >>> RunConfig.for_data("digits").steps, RunConfig.for_data("rings").steps
+            (300, 1500)
+        """
+        defaults = IMAGE_DEFAULTS if is_image_data(data) else {}
+        return cls(data=data, **(defaults | fields))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """A config from a dict, refusing unknown keys (a typo is an error, not a default).
+
+        Example:
+            >>> RunConfig.from_dict({"data": "rings", "stepz": 3})
+            Traceback (most recent call last):
+            ...
+            ValueError: unknown run config keys ['stepz']; expected some of [...]
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown run config keys {unknown}; expected some of [{', '.join(sorted(known))}]"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def build(self, event_shape: int | tuple[int, ...]) -> FlowEBM:
+        """A fresh float32 model of this architecture for points of ``event_shape``
+        (``(d,)`` or ``d`` for vectors, ``(C, H, W)`` for images), on this config's device;
+        its energy is zero, so the model equals its backbone."""
+        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        if len(shape) == 1:
+            name = "realnvp" if self.backbone == "auto" else self.backbone
+            check_choice("vector backbone", name, BACKBONES)
+            transform = BACKBONES[name](shape[0], self.backbone_layers, self.backbone_hidden)
+            energy = MLPEnergy(shape[0], self.energy_hidden, self.energy_layers)
+        elif len(shape) == 3:
+            name = "glow" if self.backbone == "auto" else self.backbone
+            check_choice("image backbone", name, IMAGE_BACKBONES)
+            transform = IMAGE_BACKBONES[name](
+                shape, self.backbone_levels, self.backbone_layers, self.backbone_hidden
+            )
+            energy = ConvEnergy(shape, self.energy_hidden, self.energy_layers)
+        else:
+            raise ValueError(f"expected vectors (d,) or images (C, H, W), got shape {shape}")
+        device = torch.device(self.device)
+        backbone = flow_backbone(transform.to(device, torch.float32), event_shape=shape)
+        return FlowEBM(backbone, energy.to(device, torch.float32))
+
+    def fit_ebm_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~pyro_flowebm.fit_ebm` this config sets."""
+        return {name: getattr(self, name) for name in _FIT_EBM_FIELDS}
+
+    @property
+    def images(self) -> bool:
+        """Whether ``data`` names image data (see the class docstring)."""
+        return is_image_data(self.data)
+
+
+# The settings of fit_ebm a run does not set: the library's defaults.
+_OTHER_TILT_SETTINGS = {
+    f.name: default_of(fit_ebm, f.name)
+    for f in dataclasses.fields(TiltSettings)
+    if f.name not in _FIT_EBM_FIELDS
+}
+
+
+def is_image_data(data: str) -> bool:
+    """A name of :data:`~pyro_flowebm.datasets.IMAGE_SETS`, or a ``.npy`` file holding an
+    array of 3 or 4 dimensions.
+
+    Example:
+        >>> is_image_data("digits"), is_image_data("rings")
+        (True, False)
+    """
+    if data in datasets.IMAGE_SETS:
+        return True
+    if data.endswith(".npy") and Path(data).is_file():
+        return np.load(data, mmap_mode="r").ndim in (3, 4)
+    return False

@@ -1,0 +1,236 @@
+"""Training a run into its directory, resuming it, and loading the trained model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from torch import Tensor
+
+from .. import datasets
+from ..core import rng_state, set_rng_state
+from ..distributions import FlowEBM
+from ..flows import fit_backbone
+from ..io import load_tensors, save_tensors, write_text
+from ..train import backbone_modules, fit_ebm
+from .config import RunConfig
+from .rundir import (
+    CHECKPOINT,
+    CONFIG,
+    DATA,
+    METRICS,
+    RUN_FILES,
+    prepare_run_dir,
+    read_config,
+    read_data,
+    read_metrics,
+)
+
+__all__ = ["load_run", "train_run"]
+
+# Held-out toy draws use the run's seed plus this, so they are independent of the training set.
+_HELDOUT_SEED_OFFSET = 1_000_003
+
+
+def _split(config: RunConfig) -> tuple[Tensor, Tensor, int | None]:
+    """Training and held-out data of a config, and the levels of image data, before
+    anything is written."""
+    if config.images:
+        train = datasets.load_images(config.data, "train")
+        heldout = datasets.load_images(config.data, "validation")
+        return train.images.float(), heldout.images.float(), train.levels
+    if config.data in datasets.TOYS:
+        train = datasets.load(
+            config.data, config.num_data, generator=torch.Generator().manual_seed(config.seed)
+        )
+        seed = config.seed + _HELDOUT_SEED_OFFSET
+        heldout = datasets.load(
+            config.data, config.num_heldout, generator=torch.Generator().manual_seed(seed)
+        )
+        return train.float(), heldout.float(), None
+    data = datasets.load(config.data).float()
+    n_heldout = round(config.heldout_fraction * data.shape[0])
+    if not 1 <= n_heldout < data.shape[0] - 1:
+        raise ValueError(
+            f"expected enough rows in {config.data} to hold out {config.heldout_fraction:g} "
+            f"and train on at least 2, got {data.shape[0]} rows"
+        )
+    order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(config.seed))
+    return data[order[n_heldout:]], data[order[:n_heldout]], None
+
+
+def _fit_backbone_phase(
+    out: Path, config: RunConfig, ebm: FlowEBM, train: Tensor, levels: int | None,
+    progress_bar: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit the backbone from the start, write its metrics and checkpoint; returns it."""
+    # The backbone fit is short and reruns identically from the seed. Re-seeded after
+    # building, so that its minibatches (and so the fitted backbone) do not depend on how
+    # many random numbers the energy's initialization drew.
+    pyro.set_rng_seed(config.seed + 1)
+    losses = fit_backbone(
+        ebm.backbone, train, config.backbone_steps, lr=config.backbone_lr,
+        batch_size=config.batch_size, dequantize=levels, progress_bar=progress_bar,
+    )  # fmt: skip
+    lines = (json.dumps({"phase": "backbone", "step": i, "loss": v}) for i, v in enumerate(losses))
+    write_text("".join(line + "\n" for line in lines), out / METRICS)
+    checkpoint = {
+        "phase": "backbone",
+        "event_shape": list(train.shape[1:]),
+        "backbone": backbone_modules(ebm).state_dict(),
+        "energy": ebm.energy.state_dict(),
+        "rng": rng_state(),
+    }
+    save_tensors(checkpoint, out / CHECKPOINT)
+    return checkpoint
+
+
+def _tilt_phase(
+    out: Path, config: RunConfig, ebm: FlowEBM, data: tuple[Tensor, Tensor, int | None],
+    trainer: dict[str, Any] | None, progress_bar: bool,
+) -> None:  # fmt: skip
+    """Learn the tilt, appending metrics and writing checkpoints as training goes."""
+    train, heldout, levels = data
+    event_shape = list(train.shape[1:])
+
+    def on_checkpoint(state: dict[str, Any]) -> None:
+        checkpoint = {"phase": "ebm", "event_shape": event_shape, "trainer": state}
+        checkpoint |= {key: state[key] for key in ("backbone", "energy", "rng")}
+        save_tensors(checkpoint, out / CHECKPOINT)
+
+    with open(out / METRICS, "a", encoding="utf-8") as log:
+
+        def on_metrics(metrics: dict[str, float]) -> None:
+            log.write(json.dumps({"phase": "ebm", **metrics}) + "\n")
+            log.flush()
+
+        fit_ebm(
+            ebm, train, validation_data=heldout, on_checkpoint=on_checkpoint,
+            on_metrics=on_metrics, resume=trainer, dequantize=levels,
+            progress_bar=progress_bar, **config.fit_ebm_kwargs(),
+        )  # fmt: skip
+
+
+def train_run(
+    out: str | os.PathLike[str],
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress_bar: bool = True,
+) -> FlowEBM:
+    """Train a FlowEBM into a run directory: split the data, fit the backbone, learn the tilt.
+
+    The run directory holds ``config.json``, ``data.pt`` (training and held-out points),
+    ``metrics.jsonl`` (one JSON object a step: ``phase``, ``step``, the loss and, for the
+    tilt, the metrics of :func:`~pyro_flowebm.fit_ebm`) and ``checkpoint.pt``, written
+    atomically (temporary file, then rename) at the end of the backbone fit, every
+    ``checkpoint_every`` steps of the tilt and at the end. Nothing is written before the
+    config and the data have been checked.
+
+    An existing non-empty ``out`` is left alone unless ``resume`` (continue from the
+    last checkpoint, with the same config: on the CPU the final weights equal those of an
+    uninterrupted run) or ``overwrite`` (delete the run's files and start over; only a
+    directory holding a ``config.json`` is overwritten).
+
+    Args:
+        out: the run directory (created if missing).
+        config: the run's settings.
+        resume: continue the run in ``out``.
+        overwrite: replace the run in ``out``.
+        progress_bar: tqdm bars for both phases.
+
+    Returns:
+        The trained model.
+
+    Raises:
+        RunExistsError: ``out`` holds something and neither flag was given.
+        ValueError: bad data (see :func:`~pyro_flowebm.datasets.validate_data`), or a
+            resumed run whose stored config differs from ``config``.
+        TrainingDiverged: training blew up; ``checkpoint.pt`` still holds the last good
+            state.
+
+    Example:
+        >>> import tempfile
+        >>> config = RunConfig(data="two_moons", num_data=500, num_heldout=200,
+        ...                    backbone_steps=20, steps=4, batch_size=32)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     ebm = train_run(tmp, config, progress_bar=False)
+        ...     sorted(p.name for p in Path(tmp).iterdir())
+        ['checkpoint.pt', 'config.json', 'data.pt', 'metrics.jsonl']
+    """
+    out = Path(out)
+    train, heldout, levels = _split(config)  # raises on bad data before anything is touched
+    pyro.set_rng_seed(config.seed)
+    ebm = config.build(tuple(train.shape[1:]))  # and on a model that does not fit the data
+    resuming = prepare_run_dir(out, config, resume, overwrite)
+    checkpoint = None
+    if resuming and (out / CHECKPOINT).is_file():
+        checkpoint = load_tensors(out / CHECKPOINT, config.device)  # chains go to the device
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        save_tensors({"train": train, "heldout": heldout, "levels": levels}, out / DATA)
+        write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+    else:
+        train, heldout = read_data(out)
+    device = torch.device(config.device)
+    train, heldout = train.to(device), heldout.to(device)
+    if checkpoint is None:
+        (out / METRICS).unlink(missing_ok=True)
+        checkpoint = _fit_backbone_phase(out, config, ebm, train, levels, progress_bar)
+    else:
+        # Keep the metrics up to the checkpoint: the steps after it are run again.
+        done = checkpoint["trainer"]["step"] if checkpoint["phase"] == "ebm" else 0
+        kept = [m for m in read_metrics(out) if m["phase"] == "backbone" or m["step"] < done]
+        write_text("".join(json.dumps(m) + "\n" for m in kept), out / METRICS)
+    backbone_modules(ebm).load_state_dict(checkpoint["backbone"])
+    ebm.energy.load_state_dict(checkpoint["energy"])
+    set_rng_state(checkpoint["rng"])
+    trainer = checkpoint.get("trainer")
+    if trainer is None or trainer["step"] < config.steps:
+        _tilt_phase(out, config, ebm, (train, heldout, levels), trainer, progress_bar)
+    return ebm
+
+
+def load_run(run_dir: str | os.PathLike[str], *, device: str | None = None) -> FlowEBM:
+    """The trained FlowEBM of a run directory, from its last checkpoint, ready to sample.
+
+    The weights are read with ``torch.load(weights_only=True)``. A run stopped during or
+    right after the backbone fit gives its backbone with a zero energy.
+
+    Args:
+        run_dir: a directory written by :func:`train_run` (or ``pyro-flowebm train``).
+        device: where to put the model (default: the run's device).
+
+    Raises:
+        FileNotFoundError: not a run directory, or no checkpoint yet.
+
+    Example:
+        >>> import tempfile
+        >>> from pyro_flowebm.infer import corrected_sample
+        >>> config = RunConfig(data="rings", num_data=300, num_heldout=100,
+        ...                    backbone_steps=10, steps=2, batch_size=32)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = train_run(tmp, config, progress_bar=False)
+        ...     ebm = load_run(tmp)
+        >>> corrected_sample(ebm, (5,), mcmc_steps=2).shape
+        torch.Size([5, 2])
+    """
+    config = read_config(run_dir)
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a checkpoint in {run_dir}, got none yet")
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    checkpoint = load_tensors(path, config.device)
+    ebm = config.build(tuple(checkpoint["event_shape"]))
+    backbone_modules(ebm).load_state_dict(checkpoint["backbone"])
+    ebm.energy.load_state_dict(checkpoint["energy"])
+    return ebm

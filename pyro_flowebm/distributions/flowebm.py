@@ -1,0 +1,290 @@
+"""FlowEBM: the exponential tilt of a flow as a Pyro distribution, and its latent-space form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+from torch.distributions import constraints
+from torch.distributions.transforms import ComposeTransform
+
+from ..core import check_event_shape, check_finite
+
+__all__ = ["FlowEBM", "LatentFlowEBM"]
+
+
+def _check_standard_normal(base: torch.distributions.Distribution) -> None:
+    inner = base
+    while isinstance(inner, torch.distributions.Independent):
+        inner = inner.base_dist
+    if not (
+        isinstance(inner, torch.distributions.Normal)
+        and bool((inner.loc == 0).all())
+        and bool((inner.scale == 1).all())
+        and base.event_shape == inner.batch_shape[len(inner.batch_shape) - len(base.event_shape) :]
+    ):
+        raise ValueError(
+            "expected the backbone's base distribution to be a standard normal N(0, I) over "
+            f"the event shape (as built by flow_backbone), got {base}"
+        )
+
+
+class FlowEBM(TorchDistribution):
+    r"""An energy-based model as an exponential tilt of a normalizing flow.
+
+    .. math::
+
+        p(x) = q(x)\, e^{-E(x)} / Z, \qquad
+        p(z) \propto \mathcal N(z; 0, I)\, e^{-E(g(z))}, \quad x = g(z),
+
+    where :math:`q` is the flow backbone (see :func:`~pyro_flowebm.flow_backbone`) and
+    :math:`E` an energy network, lower meaning more probable. In the flow's latent space
+    the Jacobian cancels: MCMC sees :math:`U(z) = \tfrac12|z|^2 + E(g(z))`,
+    one forward pass of flow and energy, no log-determinant, no inverse.
+
+    ``log_prob`` is **unnormalized**: it omits :math:`\log Z`. ``sample()`` returns draws
+    of the backbone, which follow :math:`q`, not :math:`p`: they are approximate draws of
+    the EBM, exact only when :math:`E` is constant. Draws corrected by latent MCMC come
+    from :func:`~pyro_flowebm.infer.corrected_sample`; chains with diagnostics from latent
+    MCMC (:func:`~pyro_flowebm.infer.run_chains`, :func:`~pyro_flowebm.latent_nuts`, or
+    NUTS through :class:`~pyro_flowebm.FlowEBMReparam` inside a Pyro model).
+
+    Args:
+        backbone: the flow :math:`q(x)`, a
+            :class:`~pyro.distributions.TransformedDistribution` whose base is the
+            standard normal :math:`\mathcal N(0, I)` (see
+            :func:`~pyro_flowebm.flow_backbone`).
+        energy: a callable (usually an ``nn.Module``) mapping points of shape
+            ``(N, *event_shape)`` to energies of shape ``(N,)`` or ``(N, 1)``.
+        validate_args: Pyro's argument and value validation.
+
+    Example:
+        >>> from pyro_flowebm import flow_backbone, flows
+        >>> from pyro_flowebm.nn import MLPEnergy
+        >>> q = flow_backbone(flows.realnvp(2, num_layers=2, hidden=8), event_shape=(2,))
+        >>> ebm = FlowEBM(q, MLPEnergy(2, hidden=8))
+        >>> x = ebm.sample((3,))
+        >>> ebm.log_prob(x).shape
+        torch.Size([3])
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    has_rsample = False
+
+    def __init__(
+        self,
+        backbone: dist.TransformedDistribution,
+        energy: Callable[[Tensor], Tensor],
+        validate_args: bool | None = None,
+    ) -> None:
+        if not isinstance(backbone, torch.distributions.TransformedDistribution):
+            raise TypeError(
+                "expected backbone to be a pyro.distributions.TransformedDistribution "
+                f"(see pyro_flowebm.flow_backbone), got {type(backbone).__name__}"
+            )
+        if not callable(energy):
+            raise TypeError(f"expected a callable energy, got {type(energy).__name__}")
+        _check_standard_normal(backbone.base_dist)
+        self.backbone = backbone
+        self.energy = energy
+        super().__init__(backbone.batch_shape, backbone.event_shape, validate_args=validate_args)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.backbone.support
+
+    @property
+    def base_dist(self) -> TorchDistribution:
+        """The latent distribution :math:`\\mathcal N(0, I)` of the backbone."""
+        return self.backbone.base_dist
+
+    @property
+    def transform(self) -> ComposeTransform:
+        """The backbone's bijection :math:`g: z \\mapsto x`."""
+        return ComposeTransform(self.backbone.transforms)
+
+    def expand(self, batch_shape: torch.Size, _instance: FlowEBM | None = None) -> FlowEBM:
+        new = self._get_checked_instance(FlowEBM, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.backbone = self.backbone.expand(batch_shape)
+        new.energy = self.energy
+        super(FlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def energy_of(self, x: Tensor) -> Tensor:
+        """:math:`E(x)` for ``x`` of shape ``(..., *event_shape)``; returns shape ``(...)``.
+
+        Leading dimensions are flattened for the energy network and restored.
+        """
+        check_event_shape(x, self.event_shape, "x")
+        batch_shape = x.shape[: x.dim() - len(self.event_shape)]
+        flat = x.reshape(-1, *self.event_shape)
+        e = self.energy(flat)
+        if e.shape not in ((flat.shape[0],), (flat.shape[0], 1)):
+            raise ValueError(
+                f"expected the energy to return shape ({flat.shape[0]},) or "
+                f"({flat.shape[0]}, 1) for points of shape {tuple(flat.shape)}, "
+                f"got {tuple(e.shape)}"
+            )
+        return e.reshape(batch_shape)
+
+    def _validate_value(self, value: Tensor) -> None:
+        check_event_shape(value, self.event_shape)
+        check_finite("values", value)
+        self._validate_sample(value)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r"""Unnormalized log density :math:`\log q(x) - E(x)`; omits :math:`\log Z`."""
+        if self._validate_args:
+            self._validate_value(value)
+        return self.backbone.log_prob(value) - self.energy_of(value)
+
+    def latent_potential(self, z: Tensor) -> Tensor:
+        r"""The potential MCMC sees in latent space, :math:`U(z) = \tfrac12|z|^2 + E(g(z))`.
+
+        No log-determinant: in latent space the Jacobian cancels, and
+        :math:`U(z) = -\log p(x) - \log|\det \partial g/\partial z| + \text{const}`
+        with :math:`x = g(z)`. Non-finite values are returned as they are (NUTS counts
+        them as divergences), not raised.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.nn import MLPEnergy
+            >>> q = flow_backbone(flows.realnvp(2, 2, 8), event_shape=(2,))
+            >>> ebm = FlowEBM(q, MLPEnergy(2, 8))  # E = 0 at initialization
+            >>> ebm.latent_potential(torch.tensor([3.0, 4.0]))
+            tensor(12.5000, grad_fn=<AddBackward0>)
+        """
+        check_event_shape(z, self.event_shape, "z")
+        return self._potential_at(z, self.transform(z))
+
+    def _potential_at(self, z: Tensor, x: Tensor) -> Tensor:
+        """:math:`U(z)` given :math:`x = g(z)` already computed."""
+        half_sq_norm = 0.5 * z.pow(2).reshape(*z.shape[: z.dim() - len(self.event_shape)], -1)
+        return half_sq_norm.sum(-1) + self.energy_of(x)
+
+    def data_potential(self, x: Tensor) -> Tensor:
+        r"""The potential in data space, :math:`E(x) - \log q(x) = -\log p(x) - \log Z`.
+
+        What a data-space sampler moves on (the baseline latent MCMC is compared with): it
+        needs the backbone's inverse and log-determinant at every evaluation. Values are
+        not validated: a proposal outside the flow's range gives a non-finite potential for
+        the sampler to reject, not an error.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.nn import MLPEnergy
+            >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+            >>> x = torch.randn(3, 2)
+            >>> torch.allclose(ebm.data_potential(x), -ebm.log_prob(x))
+            True
+        """
+        q = self.backbone
+        # The same transforms (and parameters), without the check that raises on a NaN.
+        q = type(q)(q.base_dist, q.transforms, validate_args=False)
+        return self.energy_of(x) - q.log_prob(x)
+
+    def latent_log_prob(self, z: Tensor) -> Tensor:
+        r"""Unnormalized latent log density, :math:`-U(z) = -\tfrac12|z|^2 - E(g(z))`."""
+        return -self.latent_potential(z)
+
+    def latent(self) -> LatentFlowEBM:
+        """This model as a distribution over the flow's latent variable ``z``."""
+        return LatentFlowEBM(self)
+
+    def chain_potential(self, z: Tensor) -> Tensor:
+        """:math:`U` summed over the batch shape, for chains ``z`` of shape
+        ``(C, *batch_shape, *event_shape)``; returns shape ``(C,)``, what the vectorized
+        kernels of :mod:`pyro_flowebm.infer` move on."""
+        return self.latent_potential(z).reshape(z.shape[0], -1).sum(-1)
+
+    def sample(
+        self,
+        sample_shape: torch.Size = torch.Size(),
+        mcmc_steps: int = 0,
+        kernel: object = None,
+    ) -> Tensor:
+        r"""Draws of the backbone :math:`q`: approximate draws of the EBM, exact only when
+        :math:`E` is constant.
+
+        Draws moved towards the EBM by ``k`` steps of latent MCMC are
+        :func:`pyro_flowebm.infer.corrected_sample`\ ``(ebm, sample_shape, k)``; the
+        distribution does not run samplers itself (``mcmc_steps`` and ``kernel`` are kept
+        only to say so).
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.nn import MLPEnergy
+            >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+            >>> ebm.sample((100,)).shape
+            torch.Size([100, 2])
+        """
+        if mcmc_steps or kernel is not None:
+            raise TypeError(
+                "FlowEBM.sample(mcmc_steps=k, kernel=...) moved to the inference layer: use "
+                "pyro_flowebm.infer.corrected_sample(ebm, sample_shape, mcmc_steps=k, "
+                "kernel=...)"
+            )
+        return self.backbone.sample(sample_shape)
+
+
+class LatentFlowEBM(TorchDistribution):
+    r"""A :class:`FlowEBM` in its flow's latent space: :math:`p(z) \propto
+    \mathcal N(z; 0, I)\, e^{-E(g(z))}`.
+
+    ``log_prob`` is unnormalized; ``sample`` returns base draws, approximate as for
+    :meth:`FlowEBM.sample`. This is the site distribution that
+    :class:`~pyro_flowebm.FlowEBMReparam` puts in a model.
+
+    Example:
+        >>> from pyro_flowebm import flow_backbone, flows
+        >>> from pyro_flowebm.nn import MLPEnergy
+        >>> q = flow_backbone(flows.realnvp(2, 2, 8), event_shape=(2,))
+        >>> latent = FlowEBM(q, MLPEnergy(2, 8)).latent()
+        >>> latent.log_prob(latent.sample((3,))).shape
+        torch.Size([3])
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    has_rsample = False
+
+    def __init__(self, ebm: FlowEBM, validate_args: bool | None = None) -> None:
+        self.ebm = ebm
+        self._pushed: tuple[Tensor, Tensor] | None = None
+        super().__init__(ebm.batch_shape, ebm.event_shape, validate_args=validate_args)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.ebm.base_dist.support
+
+    def expand(
+        self, batch_shape: torch.Size, _instance: LatentFlowEBM | None = None
+    ) -> LatentFlowEBM:
+        new = self._get_checked_instance(LatentFlowEBM, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.ebm = self.ebm.expand(batch_shape)
+        new._pushed = None
+        super(LatentFlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def remember_pushforward(self, z: Tensor, x: Tensor) -> None:
+        """Keep :math:`x = g(z)` of the value ``z`` (the same tensor object), so that
+        ``log_prob(z)`` skips a second flow pass: what :class:`~pyro_flowebm.FlowEBMReparam`
+        does for the value it draws."""
+        self._pushed = (z, x)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r"""Unnormalized latent log density :math:`-\tfrac12|z|^2 - E(g(z))`."""
+        pushed = self._pushed
+        if pushed is not None and pushed[0] is value:
+            check_event_shape(value, self.event_shape, "z")
+            return -self.ebm._potential_at(value, pushed[1])
+        return self.ebm.latent_log_prob(value)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.ebm.base_dist.sample(sample_shape)

@@ -1,0 +1,62 @@
+"""The leapfrog (velocity Verlet) step for a batch of chains, eager and for torch.compile.
+
+Pyro's ``pyro.ops.integrator.velocity_verlet`` integrates one potential summed into a
+scalar; the Metropolis test here needs each chain's own potential at the end of every
+trajectory, which the summed form would recompute with an extra forward pass per
+iteration. These steps return the per-chain potential they already computed for the
+gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .state import Potential, value_and_grad
+
+__all__ = ["COMPILE_OPTIONS", "functional_leapfrog_step", "leapfrog_step"]
+
+# Inductor settings for the compiled leapfrog step, local to that one function: Inductor's
+# CPU code for tanh calls Sleef's tanh, which is slower than eager's; the decomposition
+# 2 / (1 + exp(-2x)) - 1 (Inductor's CPU default before PyTorch 2.7) differs from it by
+# float32 rounding in absolute terms; the C++ wrapper launches the step's ~150 kernels
+# without Python. What each is worth is measured in docs/benchmarks.md.
+COMPILE_OPTIONS = {"cpp.use_decompose_tanh": True, "cpp_wrapper": True}
+
+
+def leapfrog_step(
+    potential: Potential, q: Tensor, p: Tensor, grad: Tensor, eps: Tensor, inv_mass: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One velocity-Verlet step for all chains: returns ``(q, p, U(q), grad U(q))``.
+
+    Example:
+        >>> potential = lambda q: 0.5 * q.pow(2).sum(-1)
+        >>> q, p = torch.ones(1, 1), torch.zeros(1, 1)
+        >>> q, p, u, g = leapfrog_step(potential, q, p, q.clone(), torch.tensor(0.1),
+        ...                            torch.ones(1))
+        >>> round(q.item(), 6), round(p.item(), 6)
+        (0.995, -0.09975)
+    """
+    p = p - 0.5 * eps * grad
+    q = q + eps * inv_mass * p
+    u, grad = value_and_grad(potential, q)
+    p = p - 0.5 * eps * grad
+    return q, p, u, grad
+
+
+def functional_leapfrog_step(
+    potential: Potential, q: Tensor, p: Tensor, grad: Tensor, eps: Tensor, inv_mass: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The same step through ``torch.func``, which ``torch.compile`` traces without breaks."""
+
+    def total(x: Tensor) -> tuple[Tensor, Tensor]:
+        u = potential(x)
+        return u.sum(), u
+
+    p = p - 0.5 * eps * grad
+    q = q + eps * inv_mass * p
+    grad, (_, u) = torch.func.grad_and_value(total, has_aux=True)(q)
+    p = p - 0.5 * eps * grad
+    # Detach: with trainable parameters inside the potential, u would otherwise carry an
+    # autograd graph to them that grows with every step of the chain.
+    return q, p.detach(), u.detach(), grad.detach()

@@ -1,0 +1,192 @@
+"""ArviZ InferenceData from tensors, and NetCDF files of it: the package's one door to ArviZ.
+
+ArviZ is imported on first use, not when this module is: loading it (with xarray and
+pandas) takes about a second, and the samplers, which return InferenceData, must import
+without it. Every module that calls ArviZ gets it from :func:`arviz`. Moving to ArviZ 1.x
+changes this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core import to_numpy
+from .files import atomic_write
+
+if TYPE_CHECKING:
+    from arviz import InferenceData
+
+__all__ = ["arviz", "netcdf_safe", "read_netcdf", "to_inference_data", "write_netcdf"]
+
+
+def arviz() -> ModuleType:
+    """The ``arviz`` module, imported on the first call.
+
+    ArviZ 0.23 warns once a day on import that 1.x is coming (a FutureWarning about the
+    library, not about our calls); under ``-W error`` that warning would be an import error,
+    so it is silenced here, the one place that imports ArviZ.
+
+    Example:
+        >>> arviz().__name__
+        'arviz'
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning
+        )
+        import arviz as az
+    return az
+
+
+def netcdf_safe(value: Any) -> str | int | float:
+    """An attribute value as a type every NetCDF engine stores: ``bool`` becomes ``int``,
+    ``None`` becomes ``"none"``, ``str``/``int``/``float`` stay, anything else becomes its
+    JSON text (or ``str`` when it has none).
+
+    Example:
+        >>> netcdf_safe(True), netcdf_safe(None), netcdf_safe({"a": [1, 2]})
+        (1, 'none', '{"a": [1, 2]}')
+    """
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _check_group(
+    group: str, arrays: Mapping[str, Any], leading: tuple[int, int] | None, ref: str | None
+) -> tuple[dict[str, np.ndarray], tuple[int, int] | None, str | None]:
+    """Convert one group to numpy and check every array's leading (chain, draw) axes."""
+    out = {}
+    for name, value in arrays.items():
+        array = to_numpy(value)
+        if array.ndim < 2:
+            raise ValueError(
+                f"expected {group} {name!r} with leading (chain, draw) axes, "
+                f"got shape {tuple(array.shape)}"
+            )
+        if leading is None:
+            leading, ref = (array.shape[0], array.shape[1]), f"{group} {name!r}"
+        elif array.shape[:2] != leading:
+            raise ValueError(
+                f"expected {group} {name!r} with (chain, draw) = {leading} like {ref}, "
+                f"got shape {tuple(array.shape)}"
+            )
+        out[str(name)] = array
+    return out, leading, ref
+
+
+def to_inference_data(
+    posterior: Mapping[str, Any],
+    sample_stats: Mapping[str, Any] | None = None,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+) -> InferenceData:
+    """Build an :class:`arviz.InferenceData` from arrays with leading (chain, draw) axes.
+
+    Every event axis ``i`` of a variable ``v`` gets the dimension name ``f"{v}_dim_{i}"``
+    explicitly, so the layout does not depend on ArviZ defaults. Tensors are detached and
+    moved to CPU. ``attrs`` are stored on the ``posterior`` and ``sample_stats`` groups and
+    on the InferenceData itself, made NetCDF-safe by :func:`netcdf_safe`, so the result
+    survives ``idata.to_netcdf(path)`` and ``arviz.from_netcdf(path)``.
+
+    Args:
+        posterior: Variable name to array of shape ``(chain, draw, *event)``.
+        sample_stats: Statistic name to array of shape ``(chain, draw, ...)``, for example
+            ``{"lp": ..., "diverging": ..., "acceptance_rate": ...}``.
+        attrs: Metadata such as the sampler's settings or the seed.
+
+    Returns:
+        InferenceData with a ``posterior`` group (and ``sample_stats`` when given).
+
+    Raises:
+        ValueError: when ``posterior`` is empty, an array has fewer than two axes, the
+            arrays disagree on (chain, draw), or a name in both groups has two event ranks.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> idata = to_inference_data(
+        ...     {"x": rng.normal(size=(4, 100, 2))},
+        ...     {"lp": rng.normal(size=(4, 100))},
+        ...     attrs={"seed": 0, "adapted": True},
+        ... )
+        >>> idata.posterior["x"].dims
+        ('chain', 'draw', 'x_dim_0')
+        >>> int(idata.posterior.attrs["adapted"])
+        1
+    """
+    if not isinstance(posterior, Mapping):
+        raise TypeError(
+            f"expected posterior as a mapping name -> array, got {type(posterior).__name__}"
+        )
+    if len(posterior) == 0:
+        raise ValueError("expected a posterior with at least one variable, got an empty mapping")
+    post, leading, ref = _check_group("posterior", posterior, None, None)
+    stats: dict[str, np.ndarray] = {}
+    if sample_stats:
+        stats, _, _ = _check_group("sample_stats", sample_stats, leading, ref)
+
+    dims: dict[str, list[str]] = {}
+    for name, array in [*post.items(), *stats.items()]:
+        names = [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
+        if dims.setdefault(name, names) != names:
+            raise ValueError(
+                f"expected {name!r} with the same number of event axes in posterior and "
+                f"sample_stats, got {len(dims[name])} and {len(names)}; rename one of them"
+            )
+
+    safe = {str(k): netcdf_safe(v) for k, v in (attrs or {}).items()}
+    # ArviZ pops keys from the attrs dicts it is given, so each group gets its own copy.
+    kwargs: dict[str, Any] = {"posterior_attrs": dict(safe)}
+    if stats:
+        kwargs["sample_stats"] = stats
+        kwargs["sample_stats_attrs"] = dict(safe)
+    with warnings.catch_warnings():
+        # ArviZ warns when chains outnumber draws, guessing the axes may be swapped; ours
+        # are explicit (chain, draw), and many short chains are this library's normal case.
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        return arviz().from_dict(
+            posterior=post, dims=dims, attrs=dict(safe), index_origin=0, **kwargs
+        )
+
+
+def write_netcdf(idata: InferenceData, path: str | os.PathLike[str]) -> None:
+    """Write InferenceData as NetCDF atomically: to a temporary file, then renamed over
+    ``path``, so an interrupted write never leaves half a file.
+
+    Example:
+        >>> import tempfile
+        >>> idata = to_inference_data({"x": np.zeros((2, 3))})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_netcdf(idata, Path(tmp, "draws.nc"))
+        ...     read_netcdf(Path(tmp, "draws.nc")).posterior["x"].shape
+        (2, 3)
+    """
+    atomic_write(Path(path), lambda tmp: idata.to_netcdf(str(tmp)))
+
+
+def read_netcdf(path: str | os.PathLike[str]) -> InferenceData:
+    """Read InferenceData written by :func:`write_netcdf` (or ``pyro-flowebm sample``), eagerly:
+    the file is closed afterwards."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a NetCDF file of draws, got {path}: no such file")
+    return arviz().from_netcdf(str(path))

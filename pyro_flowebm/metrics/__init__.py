@@ -1,0 +1,33 @@
+"""Sample-quality metrics: two-sample statistics, modes, densities, and the digits probe."""
+
+from .density import bits_per_dim, grid_kl
+from .evaluation import evaluate_samples
+from .modes import ModeCoverage, assign_modes, mode_coverage, mode_weight_error
+from .probe import (
+    DigitsProbe,
+    fit_probe,
+    frechet_distance,
+    gaussian_frechet_distance,
+    load_or_fit_probe,
+    probe_summary,
+)
+from .two_sample import energy_distance, median_bandwidth, mmd
+
+__all__ = [
+    "DigitsProbe",
+    "ModeCoverage",
+    "assign_modes",
+    "bits_per_dim",
+    "energy_distance",
+    "evaluate_samples",
+    "fit_probe",
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "grid_kl",
+    "load_or_fit_probe",
+    "median_bandwidth",
+    "mmd",
+    "mode_coverage",
+    "mode_weight_error",
+    "probe_summary",
+]
