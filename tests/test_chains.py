@@ -34,7 +34,9 @@ def test_output_of_a_flowebm_run(gaussian_case: GaussianCase):
     assert post.attrs["space"] == "latent" and post.attrs["seed"] == 0
     assert post.attrs["num_grad_evals"] == 4 * (30 + 20)
     assert 0 < post.attrs["sampling_time"] < 600
-    assert post.attrs["adapted_step_size"] == stats["step_size"].values[0, 0]
+    # Each step's size is the adapted one, jittered by up to 10% (HMC's step_size_jitter).
+    ratio = stats["step_size"].values / post.attrs["adapted_step_size"]
+    assert ratio.min() >= 0.9 and ratio.max() <= 1.1 and ratio.std() > 0
     assert post.attrs["adapted_trajectory_length"] == pytest.approx(
         4 * post.attrs["adapted_step_size"]
     )

@@ -167,6 +167,8 @@ def test_value_and_grad_and_argument_errors():
         HMC(step_size=0.0)
     with pytest.raises(ValueError, match="target_accept_prob"):
         HMC(target_accept_prob=1.0)
+    with pytest.raises(ValueError, match=r"expected 0 <= step_size_jitter < 1, got 1.0"):
+        HMC(step_size_jitter=1.0)
     with pytest.raises(TypeError, match="MALA takes exactly one leapfrog step"):
         MALA(num_steps=3)
     with pytest.raises(ValueError, match="one repeat count per kernel"):

@@ -74,7 +74,7 @@ class HMC(Kernel):
         init_trajectory_length: float = 1.0,
         max_num_steps: int = 256,
         max_energy_error: float = 1000.0,
-        step_size_jitter: float = 0.0,
+        step_size_jitter: float = 0.1,
         compile: bool = False,
     ) -> None:
         self.step_size = check_positive("step_size", step_size)
