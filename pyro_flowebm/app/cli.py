@@ -74,39 +74,39 @@ def _positive_float(text: str) -> float:
     return value
 
 
-# Flags of `train` that set a RunConfig field: (flag, field, type, help). The flag is the
-# field's name with dashes.
-_TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--steps", "steps", _positive_int, "training steps of the tilt"),
-    ("--seed", "seed", int, "seed of the data split, the initialization and training"),
-    ("--device", "device", str, "torch device, e.g. cpu or cuda"),
-    ("--num-data", "num_data", _positive_int, "training draws of a toy data set"),
-    ("--num-heldout", "num_heldout", _positive_int, "held-out draws of a toy data set"),
-    ("--heldout-fraction", "heldout_fraction", float, "share of a data file held out"),
-    ("--backbone", "backbone", str,
+# The RunConfig fields `train` sets: (field, type, help); the flag is the field's name with
+# dashes, one word for one setting in code, command and config.json.
+_TRAIN_FLAGS: tuple[tuple[str, Any, str], ...] = (
+    ("steps", _positive_int, "training steps of the tilt"),
+    ("seed", int, "seed of the data split, the initialization and training"),
+    ("device", str, "torch device, e.g. cpu or cuda"),
+    ("num_data", _positive_int, "training draws of a toy data set"),
+    ("num_heldout", _positive_int, "held-out draws of a toy data set"),
+    ("heldout_fraction", float, "share of a data file held out"),
+    ("backbone", str,
      "flow preset: auto (realnvp for vectors, glow for images), realnvp, neural_spline, glow"),
-    ("--backbone-levels", "backbone_levels", _positive_int, "scales of an image flow"),
-    ("--backbone-layers", "backbone_layers", _positive_int,
+    ("backbone_levels", _positive_int, "scales of an image flow"),
+    ("backbone_layers", _positive_int,
      "flow layers (image flows: steps per scale)"),
-    ("--backbone-hidden", "backbone_hidden", _positive_int,
+    ("backbone_hidden", _positive_int,
      "width of the flow's networks (image flows: channels)"),
-    ("--energy-layers", "energy_layers", _positive_int,
+    ("energy_layers", _positive_int,
      "hidden layers of the energy MLP (images: convolutions)"),
-    ("--energy-hidden", "energy_hidden", _positive_int,
+    ("energy_hidden", _positive_int,
      "width of the energy MLP (images: channels of the first convolution)"),
-    ("--backbone-steps", "backbone_steps", _positive_int, "maximum-likelihood steps of the flow"),
-    ("--backbone-lr", "backbone_lr", _positive_float, "learning rate of the flow's fit"),
-    ("--lr", "lr", _positive_float, "learning rate of the energy"),
-    ("--batch-size", "batch_size", _positive_int, "data points and chains per step"),
-    ("--mcmc-steps", "mcmc_steps", _positive_int, "latent HMC iterations per step"),
-    ("--num-steps", "num_steps", _positive_int, "leapfrog steps per HMC iteration"),
-    ("--independence-moves", "independence_moves", _nonnegative_int,
+    ("backbone_steps", _positive_int, "maximum-likelihood steps of the flow"),
+    ("backbone_lr", _positive_float, "learning rate of the flow's fit"),
+    ("lr", _positive_float, "learning rate of the energy"),
+    ("batch_size", _positive_int, "data points and chains per step"),
+    ("mcmc_steps", _positive_int, "latent HMC iterations per step"),
+    ("num_steps", _positive_int, "leapfrog steps per HMC iteration"),
+    ("independence_moves", _nonnegative_int,
      "independence Metropolis moves per step (backbone proposals)"),
-    ("--energy-reg", "energy_reg", float, "weight of the squared-energy penalty"),
-    ("--finetune-lr", "finetune_lr", _positive_float,
+    ("energy_reg", float, "weight of the squared-energy penalty"),
+    ("finetune_lr", _positive_float,
      "fine-tune the backbone jointly with this learning rate"),
-    ("--validate-every", "validate_every", _positive_int, "steps between validations"),
-    ("--checkpoint-every", "checkpoint_every", _nonnegative_int,
+    ("validate_every", _positive_int, "steps between validations"),
+    ("checkpoint_every", _nonnegative_int,
      "steps between checkpoints (0: only at the end)"),
 )  # fmt: skip
 # Old flag names, kept working: old -> (new, destination).
@@ -149,8 +149,8 @@ def _train_parser(commands: Any) -> None:
         f"{images}, or a .npy file of shape (N, C, H, W) or (N, H, W)",
     )  # fmt: skip
     train.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory")
-    for flag, field, kind, text in _TRAIN_FLAGS:
-        default = getattr(defaults, field)
+    for field, kind, text in _TRAIN_FLAGS:
+        flag, default = "--" + field.replace("_", "-"), getattr(defaults, field)
         # SUPPRESS: only flags actually given reach the config, so --resume can tell
         # a conflicting flag from a default.
         train.add_argument(
@@ -281,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    fields = {field for _, field, _, _ in _TRAIN_FLAGS} | {"persistent"}
+    fields = {field for field, _, _ in _TRAIN_FLAGS} | {"persistent"}
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
         config = RunConfig.for_data(args.data, **given)
