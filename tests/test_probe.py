@@ -259,7 +259,7 @@ def test_fit_probe_refuses_other_data(train):
         fit_probe(ImageSet(train.images, None, 17, "x"))
     with pytest.raises(ValueError, match="labels in 0..9, got 0..11"):
         fit_probe(ImageSet(train.images[:2], torch.tensor([0, 11]), 17, "x"))
-    with pytest.raises(ValueError, match="steps > 0, got 0"):
+    with pytest.raises(ValueError, match="expected steps >= 1, got 0"):
         fit_probe(train, steps=0)
 
 
