@@ -43,7 +43,8 @@ import torch
 from _common import RESULTS, base_parser, markdown_table, setup, write_results
 
 from pyro_flowebm import datasets
-from pyro_flowebm.app import CHECKPOINT, RunConfig, load_run, train_run
+from pyro_flowebm.app import RunConfig, load_run, train_run
+from pyro_flowebm.app.rundir import CHECKPOINT
 from pyro_flowebm.diagnostics import mixing_summary, plot_image_chains, to_inference_data
 from pyro_flowebm.infer import HMC, MALA, Cycle, IndependenceMH, run_chains
 from pyro_flowebm.metrics import frechet_distance, load_or_fit_probe
