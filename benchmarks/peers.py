@@ -335,13 +335,13 @@ def speed(args: argparse.Namespace, jax, blackjax) -> dict[str, Any]:
     print(f"\nspeed at {C} chains, {n} iterations x {L} leapfrog steps, step size {eps}")
     # Fixed parameters and no step-size jitter: BlackJAX's HMC, written as its users write it.
     kernel = HMC(eps, L, step_size_jitter=0.0)
-    potential, params = ebm.chain_potential, kernel.init_params(q)
-    holder = {"state": kernel.init(q, potential)}
+    ours_potential, params = ebm.chain_potential, kernel.init_params(q)
+    holder = {"state": kernel.init(q, ours_potential)}
 
     def ours() -> None:
         state = holder["state"]
         for _ in range(n):
-            state, _ = kernel.step(state, potential, params)
+            state, _ = kernel.step(state, ours_potential, params)
         holder["state"] = state
 
     def torch_grads() -> None:
