@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ def _run_dir_of(path: Path) -> Path | None:
     return path.parent if (path.parent / CONFIG).is_file() else None
 
 
-def _input(source: Any, what: str) -> ReportInput | Any:
+def _input(source: Any, what: str, builtin_modes: bool) -> ReportInput | Any:
     """A :class:`~pyro_flowebm.diagnostics.ReportInput` with everything a run directory
-    knows; InferenceData and NetCDF files outside runs are passed on as they are."""
+    knows (its toy's modes if ``builtin_modes``); InferenceData and NetCDF files outside
+    runs are passed on as they are."""
     if not isinstance(source, str | os.PathLike):
         return source
     path = Path(source)
@@ -54,7 +54,7 @@ def _input(source: Any, what: str) -> ReportInput | Any:
         toy = datasets.TOYS.get(read_config(run_dir).data)
         log_truth = toy.log_prob if toy is not None else None
         densities["over the data density" if log_truth else "over the data"] = log_truth
-        if toy is not None and toy.modes is not None:
+        if builtin_modes and toy is not None and toy.modes is not None:
             modes, modes_from = toy.modes, f"built-in data set {toy.name!r}"
         densities["over the learned density"] = load_run(run_dir, device="cpu").log_prob
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
@@ -90,17 +90,8 @@ def report_run(
         ...     report_run(to_inference_data({"x": x}), Path(tmp, "r.html")).verdict.label
         'mixing'
     """
-    runs = [_input(source, "the run")]
+    runs = [_input(source, "the run", modes is None)]
     if compare is not None:
-        runs.append(_input(compare, "--compare"))
-    if modes is not None:
-        runs = [_without_modes(run) for run in runs]
+        runs.append(_input(compare, "--compare", modes is None))
     return report(runs[0], out, runs[1] if compare is not None else None, modes=modes,
                   var_name=var_name)  # fmt: skip
-
-
-def _without_modes(run: Any) -> Any:
-    """Explicit modes take precedence: drop the built-in ones of a run directory."""
-    if isinstance(run, ReportInput) and run.modes is not None:
-        return dataclasses.replace(run, modes=None, modes_from=None)
-    return run

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..core import to_numpy
+from ..metrics.points import ArrayLike
 from .summary import MixingSummary, posterior_values
 
 if TYPE_CHECKING:
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = ["image_grid", "plot_chains", "plot_image_chains", "plot_occupancy"]
-
-ArrayLike = Any  # a tensor or anything numpy.asarray takes
 
 # Points per axis of the grid on which ``plot_chains`` evaluates ``log_density``.
 _GRID_SIZE = 120

@@ -13,13 +13,12 @@ from pandas import DataFrame, Index
 from ..core import to_numpy
 from ..io import arviz
 from ..metrics import assign_modes
+from ..metrics.points import ArrayLike
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
 __all__ = ["RHAT_FLAG", "MixingSummary", "fmt_number", "mixing_summary", "posterior_values"]
-
-ArrayLike = Any  # a tensor or anything numpy.asarray takes
 
 # Columns of the ArviZ summary shown by ``MixingSummary.__str__``.
 _REPORT_COLUMNS = ("mean", "sd", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")

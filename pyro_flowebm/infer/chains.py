@@ -22,7 +22,7 @@ from .state import ChainState, Potential, StepInfo
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["advance", "corrected_sample", "run_chains"]
+__all__ = ["advance", "check_init", "corrected_sample", "run_chains"]
 
 # The kernel of corrected_sample when none is given.
 _CORRECTION_KERNEL = {"step_size": 0.2, "num_steps": 5}
@@ -66,9 +66,16 @@ def _check_start(
     return target, None
 
 
-def _initial_state(
-    kernel: Kernel, potential: Potential, init: Tensor, ebm: FlowEBM | None, num_chains: int
-) -> ChainState:
+def check_init(init: Tensor, num_chains: int, ebm: FlowEBM | None = None) -> None:
+    """Starting positions of ``num_chains`` chains, all finite: of shape
+    ``(num_chains, *batch_shape, *event_shape)`` for ``ebm``, else ``num_chains`` rows.
+
+    Example:
+        >>> check_init(torch.zeros(3, 2), 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: expected init with 4 chains in its first dimension, got shape (3, 2)
+    """
     if ebm is not None:
         shape = (num_chains, *ebm.batch_shape, *ebm.event_shape)
         if tuple(init.shape) != shape:
@@ -79,6 +86,12 @@ def _initial_state(
             f"got shape {tuple(init.shape)}"
         )
     check_finite("init", init)
+
+
+def _initial_state(
+    kernel: Kernel, potential: Potential, init: Tensor, ebm: FlowEBM | None, num_chains: int
+) -> ChainState:
+    check_init(init, num_chains, ebm)
     state = kernel.init(init, potential)
     bad = ~torch.isfinite(state.potential)
     if bad.any():

@@ -12,9 +12,10 @@ import torch
 from pyro.infer import MCMC, NUTS
 from torch import Tensor
 
-from ..core import check_finite, check_int, check_probability, seeded
+from ..core import check_int, check_probability, seeded
 from ..distributions import FlowEBM
 from ..io import to_inference_data
+from .chains import check_init
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -139,10 +140,7 @@ def _nuts(
     with seeded(seed, ebm.base_dist.mean.device):
         if init is None:
             init = ebm.base_dist.sample((num_chains,)) if latent else ebm.sample((num_chains,))
-        shape = (num_chains, *ebm.batch_shape, *ebm.event_shape)
-        if tuple(init.shape) != shape:
-            raise ValueError(f"expected init of shape {shape}, got {tuple(init.shape)}")
-        check_finite("init", init)
+        check_init(init, num_chains, ebm)
         potential = ebm.latent_potential if latent else ebm.data_potential
         settings = (num_samples, warmup_steps, target_accept_prob, max_tree_depth, progress_bar)
         draws, stats = _run_nuts(potential, init, *settings)

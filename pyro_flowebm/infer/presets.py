@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 __all__ = ["SAMPLERS", "preset_kernel", "sample_ebm"]
 
-# The vectorized latent-space presets: the kernel each stands for.
+# The vectorized presets: the kernel each stands for.
 _KERNELS: dict[str, Callable[[], Kernel]] = {
     "hmc-imh": lambda: Cycle([HMC(step_size=0.1, num_steps=5), IndependenceMH()], [4, 1]),
     "hmc": lambda: HMC(step_size=0.1, num_steps=10),
     "chees": lambda: HMC(step_size=0.1, chees=True),
+    # The data-space baseline's.
+    "data-hmc": lambda: HMC(step_size=0.05, num_steps=10),
 }
-# The data-space baseline's kernel.
-_DATA_KERNEL: Callable[[], Kernel] = lambda: HMC(step_size=0.05, num_steps=10)  # noqa: E731
 SAMPLERS = ("hmc-imh", "hmc", "chees", "nuts", "data-hmc")
 
 
@@ -40,9 +40,7 @@ def preset_kernel(sampler: str) -> Kernel:
         >>> preset_kernel("hmc-imh").settings()["repeats"]
         [4, 1]
     """
-    if sampler == "data-hmc":
-        return _DATA_KERNEL()
-    check_choice("sampler", sampler, [*_KERNELS, "data-hmc"])
+    check_choice("sampler", sampler, _KERNELS)
     return _KERNELS[sampler]()
 
 
