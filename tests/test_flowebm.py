@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 import pickle
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
-from conftest import GaussianCase
+from conftest import GaussianCase, z_bound
+from pyro.infer import Predictive
+from torch.distributions.transforms import AffineTransform
 
 from pyro_flowebm import FlowEBM, flow_backbone, flows
+from pyro_flowebm.distributions import ImportanceResampler
+from pyro_flowebm.infer import SMCResampler, estimate_log_z
 from pyro_flowebm.nn import MLPEnergy
 
 
@@ -80,7 +86,7 @@ def test_shapes_expand_and_to_event():
     torch.testing.assert_close(latent.log_prob(x), ebm.latent_log_prob(x))
 
 
-def test_sample_returns_backbone_draws_of_the_right_shape():
+def test_sample_returns_draws_of_the_right_shape():
     ebm = random_ebm()
     for shape in [(), (7,), (2, 3)]:
         x = ebm.sample(shape)
@@ -147,3 +153,105 @@ def test_bad_backbones_are_refused(gaussian_case: GaussianCase):
     )
     with pytest.raises(ValueError, match="expected the backbone's base distribution"):
         FlowEBM(shifted, MLPEnergy(2))
+
+
+def mixture_ebm() -> tuple[FlowEBM, torch.Tensor, torch.Tensor]:
+    """An EBM whose law is an unbalanced mixture of three Gaussians (weights 0.6, 0.3, 0.1,
+    sd 0.4): a broad Gaussian backbone tilted by E = log q - log mixture. Returns the model,
+    the mode centres and the modes' weights by a grid integral of its unnormalized density."""
+    centres = torch.tensor([[-3.0, 0.0], [3.0, 1.0], [0.0, 4.0]])
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(torch.tensor([0.6, 0.3, 0.1])),
+        dist.Normal(centres, 0.4).to_event(1),
+    )
+    base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    backbone = dist.TransformedDistribution(
+        base, [AffineTransform(torch.tensor([0.0, 1.0]), torch.tensor([3.0, 3.0]), event_dim=1)]
+    )
+    ebm = FlowEBM(backbone, lambda x: backbone.log_prob(x) - mixture.log_prob(x))
+    line = torch.linspace(-8, 8, 801)
+    grid = torch.stack(torch.meshgrid(line, line, indexing="ij"), -1).reshape(-1, 2)
+    p = ebm.log_prob(grid).exp()
+    weights = torch.bincount(nearest(grid, centres), weights=p, minlength=3)
+    return ebm, centres, weights / weights.sum()
+
+
+def nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(x, centres).argmin(-1)
+
+
+def assert_mode_weights(x: torch.Tensor, centres: torch.Tensor, weights: torch.Tensor) -> None:
+    """Mode frequencies of the draws within binomial standard errors of the weights."""
+    n = x.shape[0]
+    freq = torch.bincount(nearest(x, centres), minlength=3) / n
+    z = (freq - weights).abs() / (weights * (1 - weights) / n).sqrt()
+    assert (z < z_bound(3)).all(), (freq, weights)
+
+
+def test_sample_draws_the_ebm_not_the_backbone():
+    ebm, centres, weights = mixture_ebm()
+    assert torch.allclose(weights, torch.tensor([0.6, 0.3, 0.1]), atol=1e-3)
+    x = ebm.sample((4000,))
+    assert x.shape == (4000, 2)
+    assert_mode_weights(x, centres, weights)
+    # The backbone's draws are elsewhere: a third of them are not near any mode.
+    far = torch.cdist(ebm.backbone.sample((4000,)), centres).min(-1).values > 1.6
+    assert far.float().mean() > 0.3
+    assert (torch.cdist(x, centres).min(-1).values > 1.6).float().mean() < 0.01
+
+
+def test_predictive_draws_the_ebm_prior():
+    ebm, centres, weights = mixture_ebm()
+
+    def model():
+        pyro.sample("x", ebm)
+
+    draws = Predictive(model, num_samples=1000)()["x"]
+    assert draws.shape == (1000, 2)
+    assert_mode_weights(draws, centres, weights)
+    draws = Predictive(model, num_samples=2000, parallel=True)()["x"]
+    assert draws.shape == (2000, 2)
+    assert_mode_weights(draws, centres, weights)
+
+
+def test_smc_resampler_draws_the_ebm():
+    ebm, centres, weights = mixture_ebm()
+    x = ebm.with_sampler(SMCResampler(min_particles=4096)).sample((2000,))
+    assert_mode_weights(x, centres, weights)
+
+
+def test_importance_resampler_warns_when_its_weights_have_degenerated():
+    ebm, _, _ = mixture_ebm()
+    few = ebm.with_sampler(ImportanceResampler(particles_per_draw=1, min_particles=2))
+    with pytest.warns(UserWarning, match="effective sample size is .* the draws repeat"):
+        few.sample((2000,))
+    with pytest.raises(ValueError, match="expected the sampler to return latent draws of shape"):
+        ebm.with_sampler(lambda model, n: torch.zeros(n + 1, 2)).sample((3,))
+    with pytest.raises(TypeError, match="expected a sampler callable"):
+        ebm.with_sampler(3)
+
+
+def test_normalized_log_prob_integrates_to_one(gaussian_case: GaussianCase):
+    estimate = estimate_log_z(gaussian_case.ebm, 4096, method="is", seed=0)
+    normalized = gaussian_case.ebm.normalized(estimate)
+    assert normalized.log_z == estimate.log_z and normalized.log_z_stderr == estimate.stderr
+    line = torch.linspace(-6, 6, 601)
+    grid = torch.stack(torch.meshgrid(line, line, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        log_p = normalized.log_prob(grid)
+    mass = log_p.exp().sum() * (line[1] - line[0]) ** 2
+    # exp(-log_z) carries the estimate's relative error: the mass is 1 within it.
+    assert abs(float(mass) - 1) < 3 * estimate.stderr
+    torch.testing.assert_close(
+        log_p,
+        gaussian_case.analytic().log_prob(grid),
+        atol=4 * estimate.stderr,
+        rtol=0,
+    )
+    # Expanding, and the unnormalized model, keep what they had.
+    assert normalized.expand([3]).log_z == estimate.log_z and gaussian_case.ebm.log_z is None
+    assert gaussian_case.ebm.normalized(0.25, stderr=0.1).log_z_stderr == 0.1
+    with pytest.raises(ValueError, match="expected a finite log_z, got nan"):
+        gaussian_case.ebm.normalized(float("nan"))
+    with pytest.raises(TypeError, match="expected log_z as a number or an estimate"):
+        gaussian_case.ebm.normalized("0.5")

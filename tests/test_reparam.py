@@ -65,11 +65,13 @@ def test_trace_has_a_latent_site_and_a_deterministic_x(gaussian_case: GaussianCa
     )
     torch.testing.assert_close(x["value"], gaussian_case.transform(latent["value"]))
     assert x["is_observed"] and (x["log_prob"] == 0).all()
-    # The site's log density reuses x = g(z): one flow pass per model evaluation.
+    # The site's log density reuses x = g(z): one flow pass per model evaluation at a given
+    # z (as MCMC evaluates it; drawing z from the prior is a pass of its own).
     calls = []
     layer = gaussian_case.transform.layers[0]
     handle = layer.register_forward_hook(lambda *args: calls.append(1))
-    poutine.trace(model).get_trace(y).compute_log_prob()
+    at_z = poutine.condition(model, data={"x_latent": latent["value"]})
+    poutine.trace(at_z).get_trace(y).compute_log_prob()
     handle.remove()
     assert calls == [1]
 

@@ -1,6 +1,24 @@
-"""Distributions: the FlowEBM, its latent-space form, and the reparameterizer for Pyro models."""
+"""Distributions: the FlowEBM, its latent-space form, the reparameterizer, and SIR draws."""
 
 from .flowebm import FlowEBM, LatentFlowEBM
 from .reparam import FlowEBMReparam
+from .resampling import (
+    ImportanceResampler,
+    LatentSampler,
+    kish_ess,
+    log_mean_exp,
+    resampled_order,
+    systematic_resample,
+)
 
-__all__ = ["FlowEBM", "FlowEBMReparam", "LatentFlowEBM"]
+__all__ = [
+    "FlowEBM",
+    "FlowEBMReparam",
+    "ImportanceResampler",
+    "LatentFlowEBM",
+    "LatentSampler",
+    "kish_ess",
+    "log_mean_exp",
+    "resampled_order",
+    "systematic_resample",
+]

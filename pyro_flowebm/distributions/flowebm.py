@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -11,7 +13,8 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.transforms import ComposeTransform
 
-from ..core import check_event_shape, check_finite
+from ..core import check_event_shape, check_finite, check_int
+from .resampling import ImportanceResampler, LatentSampler
 
 __all__ = ["FlowEBM", "LatentFlowEBM"]
 
@@ -45,12 +48,16 @@ class FlowEBM(TorchDistribution):
     the Jacobian cancels: MCMC sees :math:`U(z) = \tfrac12|z|^2 + E(g(z))`,
     one forward pass of flow and energy, no log-determinant, no inverse.
 
-    ``log_prob`` is **unnormalized**: it omits :math:`\log Z`. ``sample()`` returns draws
-    of the backbone, which follow :math:`q`, not :math:`p`: they are approximate draws of
-    the EBM, exact only when :math:`E` is constant. Draws corrected by latent MCMC come
-    from :func:`~pyro_flowebm.infer.corrected_sample`; chains with diagnostics from latent
-    MCMC (:func:`~pyro_flowebm.infer.run_chains`, :func:`~pyro_flowebm.latent_nuts`, or
-    NUTS through :class:`~pyro_flowebm.FlowEBMReparam` inside a Pyro model).
+    ``log_prob`` is **unnormalized**, :math:`\log q(x) - E(x)`, unless an estimate of
+    :math:`\log Z` is attached by :meth:`normalized` (from
+    :func:`~pyro_flowebm.infer.estimate_log_z`). ``sample()`` draws from :math:`p` with
+    ``sampler``: by default importance resampling from the backbone
+    (:class:`~pyro_flowebm.distributions.ImportanceResampler`), or annealed SMC
+    (:class:`~pyro_flowebm.infer.SMCResampler`) where the importance weights degenerate;
+    so ``pyro.infer.Predictive`` on a model with this prior draws from :math:`p`. The
+    backbone's own draws are ``ebm.backbone.sample()``. Chains with diagnostics come from
+    latent MCMC (:func:`~pyro_flowebm.infer.run_chains`, :func:`~pyro_flowebm.latent_nuts`,
+    or NUTS through :class:`~pyro_flowebm.FlowEBMReparam` inside a Pyro model).
 
     Args:
         backbone: the flow :math:`q(x)`, a
@@ -60,13 +67,16 @@ class FlowEBM(TorchDistribution):
         energy: a callable (usually an ``nn.Module``) mapping points of shape
             ``(N, *event_shape)`` to energies of shape ``(N,)`` or ``(N, 1)``.
         validate_args: Pyro's argument and value validation.
+        sampler: what ``sample()`` draws with, ``sampler(ebm, n)`` returning ``n`` latent
+            draws (a :class:`~pyro_flowebm.distributions.LatentSampler`); default
+            :class:`~pyro_flowebm.distributions.ImportanceResampler` ``()``.
 
     Example:
         >>> from pyro_flowebm import flow_backbone, flows
         >>> from pyro_flowebm.nn import MLPEnergy
         >>> q = flow_backbone(flows.realnvp(2, num_layers=2, hidden=8), event_shape=(2,))
         >>> ebm = FlowEBM(q, MLPEnergy(2, hidden=8))
-        >>> x = ebm.sample((3,))
+        >>> x = ebm.sample((3,))  # draws of p, by importance resampling
         >>> ebm.log_prob(x).shape
         torch.Size([3])
     """
@@ -79,6 +89,8 @@ class FlowEBM(TorchDistribution):
         backbone: dist.TransformedDistribution,
         energy: Callable[[Tensor], Tensor],
         validate_args: bool | None = None,
+        *,
+        sampler: LatentSampler | None = None,
     ) -> None:
         if not isinstance(backbone, torch.distributions.TransformedDistribution):
             raise TypeError(
@@ -88,8 +100,15 @@ class FlowEBM(TorchDistribution):
         if not callable(energy):
             raise TypeError(f"expected a callable energy, got {type(energy).__name__}")
         _check_standard_normal(backbone.base_dist)
+        if sampler is not None and not callable(sampler):
+            raise TypeError(
+                f"expected a sampler callable as sampler(ebm, n), got {type(sampler).__name__}"
+            )
         self.backbone = backbone
         self.energy = energy
+        self.sampler: LatentSampler = sampler if sampler is not None else ImportanceResampler()
+        self.log_z: float | None = None
+        self.log_z_stderr: float | None = None
         super().__init__(backbone.batch_shape, backbone.event_shape, validate_args=validate_args)
 
     @property
@@ -111,6 +130,8 @@ class FlowEBM(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         new.backbone = self.backbone.expand(batch_shape)
         new.energy = self.energy
+        new.sampler = self.sampler
+        new.log_z, new.log_z_stderr = self.log_z, self.log_z_stderr
         super(FlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -138,10 +159,108 @@ class FlowEBM(TorchDistribution):
         self._validate_sample(value)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        r"""Unnormalized log density :math:`\log q(x) - E(x)`; omits :math:`\log Z`."""
+        r"""Log density :math:`\log q(x) - E(x)`, **unnormalized**: it omits :math:`\log Z`,
+        unless :meth:`normalized` attached an estimate of it (then :math:`\log q(x) - E(x)
+        - \widehat{\log Z}`, with :attr:`log_z_stderr` the estimate's standard error)."""
         if self._validate_args:
             self._validate_value(value)
-        return self.backbone.log_prob(value) - self.energy_of(value)
+        log_p = self.backbone.log_prob(value) - self.energy_of(value)
+        return log_p if self.log_z is None else log_p - self.log_z
+
+    def normalized(self, log_z: float | Any, stderr: float | None = None) -> FlowEBM:
+        r"""This model with an estimate of :math:`\log Z` attached: its ``log_prob`` is then
+        normalized, :math:`\log p(x) = \log q(x) - E(x) - \widehat{\log Z}`.
+
+        Args:
+            log_z: the estimate, a number or a result of
+                :func:`~pyro_flowebm.infer.estimate_log_z` (its ``log_z`` and ``stderr``).
+            stderr: the estimate's standard error, for a number (taken from the result
+                otherwise).
+
+        Returns:
+            A new :class:`FlowEBM` sharing backbone, energy and sampler, with
+            :attr:`log_z` and :attr:`log_z_stderr` set; the error of ``log_prob`` from the
+            estimate is :attr:`log_z_stderr`, the same for every point.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.nn import MLPEnergy
+            >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+            >>> normalized = ebm.normalized(0.5, stderr=0.01)
+            >>> x = torch.zeros(1, 2)
+            >>> (ebm.log_prob(x) - normalized.log_prob(x)).item(), normalized.log_z_stderr
+            (0.5, 0.01)
+        """
+        if not isinstance(log_z, int | float):
+            if stderr is not None:
+                raise TypeError("expected stderr only with a number log_z, got both an estimate")
+            if not hasattr(log_z, "log_z") or not hasattr(log_z, "stderr"):
+                raise TypeError(
+                    "expected log_z as a number or an estimate with log_z and stderr "
+                    f"(from pyro_flowebm.infer.estimate_log_z), got {type(log_z).__name__}"
+                )
+            log_z, stderr = log_z.log_z, log_z.stderr
+        if not math.isfinite(log_z):
+            raise ValueError(f"expected a finite log_z, got {log_z}")
+        if stderr is not None and not stderr >= 0:
+            raise ValueError(f"expected stderr >= 0, got {stderr}")
+        new = self.expand(self.batch_shape)
+        new.log_z = float(log_z)
+        new.log_z_stderr = None if stderr is None else float(stderr)
+        return new
+
+    def with_sampler(self, sampler: LatentSampler) -> FlowEBM:
+        """This model drawing with ``sampler`` (see the class's ``sampler`` argument).
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.distributions import ImportanceResampler
+            >>> from pyro_flowebm.nn import MLPEnergy
+            >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+            >>> ebm.with_sampler(ImportanceResampler(particles_per_draw=8)).sampler
+            ImportanceResampler(particles_per_draw=8, min_particles=4096)
+        """
+        if not callable(sampler):
+            raise TypeError(
+                f"expected a sampler callable as sampler(ebm, n), got {type(sampler).__name__}"
+            )
+        new = self.expand(self.batch_shape)
+        new.sampler = sampler
+        return new
+
+    def importance_draws(self, num_particles: int, batch_size: int = 8192) -> tuple[Tensor, Tensor]:
+        r"""Latent draws :math:`z_i \sim \mathcal N(0, I)` of the backbone and their
+        importance log-weights :math:`-E(g(z_i))` towards this model.
+
+        :math:`Z = \mathbb E_{z \sim \mathcal N(0, I)}[e^{-E(g(z))}]`: the backbone's
+        density cancels. A non-finite energy gets log-weight ``-inf`` (weight zero).
+
+        Args:
+            num_particles: number of draws :math:`M`.
+            batch_size: draws per energy evaluation.
+
+        Returns:
+            ``z`` of shape ``(M, *event_shape)`` and log-weights of shape ``(M,)``, detached.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> from pyro_flowebm.nn import MLPEnergy
+            >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+            >>> z, log_w = ebm.importance_draws(100)
+            >>> z.shape, bool((log_w == 0).all())  # E = 0 at initialization
+            (torch.Size([100, 2]), True)
+        """
+        check_int("num_particles", num_particles, 1)
+        check_int("batch_size", batch_size, 1)
+        loc = self.base_dist.mean
+        z = torch.randn((num_particles, *self.event_shape), dtype=loc.dtype, device=loc.device)
+        log_weights = torch.empty(num_particles, dtype=loc.dtype, device=loc.device)
+        with torch.no_grad():
+            for start in range(0, num_particles, batch_size):
+                batch = z[start : start + batch_size]
+                log_weights[start : start + batch_size] = -self.energy_of(self.transform(batch))
+        bad = torch.isnan(log_weights) | (log_weights == math.inf)
+        return z, log_weights.masked_fill(bad, -math.inf)
 
     def latent_potential(self, z: Tensor) -> Tensor:
         r"""The potential MCMC sees in latent space, :math:`U(z) = \tfrac12|z|^2 + E(g(z))`.
@@ -208,13 +327,13 @@ class FlowEBM(TorchDistribution):
         mcmc_steps: int = 0,
         kernel: object = None,
     ) -> Tensor:
-        r"""Draws of the backbone :math:`q`: approximate draws of the EBM, exact only when
-        :math:`E` is constant.
+        r"""Independent draws of :math:`p`, by the model's ``sampler`` (default: importance
+        resampling from the backbone, :class:`~pyro_flowebm.distributions.ImportanceResampler`).
 
-        Draws moved towards the EBM by ``k`` steps of latent MCMC are
-        :func:`pyro_flowebm.infer.corrected_sample`\ ``(ebm, sample_shape, k)``; the
-        distribution does not run samplers itself (``mcmc_steps`` and ``kernel`` are kept
-        only to say so).
+        Every element of the batch shape is a draw of its own. The backbone's draws, which
+        follow :math:`q`, are ``ebm.backbone.sample()``; ``mcmc_steps`` and ``kernel`` are
+        kept only to say that short-run MCMC moved to
+        :func:`pyro_flowebm.infer.corrected_sample`.
 
         Example:
             >>> from pyro_flowebm import flow_backbone, flows
@@ -229,15 +348,32 @@ class FlowEBM(TorchDistribution):
                 "pyro_flowebm.infer.corrected_sample(ebm, sample_shape, mcmc_steps=k, "
                 "kernel=...)"
             )
-        return self.backbone.sample(sample_shape)
+        z = self.latent_sample(sample_shape)
+        with torch.no_grad():
+            return self.transform(z)
+
+    def latent_sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Latent draws :math:`z` of :math:`p(z)` by the model's ``sampler``, of shape
+        ``sample_shape + batch_shape + event_shape``."""
+        shape = torch.Size(sample_shape) + self.batch_shape
+        num_draws = shape.numel()
+        with torch.no_grad():
+            z = self.sampler(self, num_draws)
+        expected = (num_draws, *self.event_shape)
+        if tuple(z.shape) != expected:
+            raise ValueError(
+                f"expected the sampler to return latent draws of shape {expected}, "
+                f"got {tuple(z.shape)}"
+            )
+        return z.reshape(shape + self.event_shape)
 
 
 class LatentFlowEBM(TorchDistribution):
     r"""A :class:`FlowEBM` in its flow's latent space: :math:`p(z) \propto
     \mathcal N(z; 0, I)\, e^{-E(g(z))}`.
 
-    ``log_prob`` is unnormalized; ``sample`` returns base draws, approximate as for
-    :meth:`FlowEBM.sample`. This is the site distribution that
+    ``log_prob`` is unnormalized; ``sample`` draws :math:`p(z)` with the model's sampler,
+    as :meth:`FlowEBM.sample` does. This is the site distribution that
     :class:`~pyro_flowebm.FlowEBMReparam` puts in a model.
 
     Example:
@@ -287,4 +423,4 @@ class LatentFlowEBM(TorchDistribution):
         return self.ebm.latent_log_prob(value)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        return self.ebm.base_dist.sample(sample_shape)
+        return self.ebm.latent_sample(sample_shape)

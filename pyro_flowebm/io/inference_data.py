@@ -24,7 +24,14 @@ from .files import atomic_write
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["arviz", "netcdf_safe", "read_netcdf", "to_inference_data", "write_netcdf"]
+__all__ = [
+    "arviz",
+    "netcdf_safe",
+    "pareto_khat",
+    "read_netcdf",
+    "to_inference_data",
+    "write_netcdf",
+]
 
 
 def arviz() -> ModuleType:
@@ -190,3 +197,30 @@ def read_netcdf(path: str | os.PathLike[str]) -> InferenceData:
     if not path.is_file():
         raise FileNotFoundError(f"expected a NetCDF file of draws, got {path}: no such file")
     return arviz().from_netcdf(str(path))
+
+
+def pareto_khat(log_weights: Any) -> float:
+    """The Pareto :math:`\\hat k` of importance weights, from ArviZ's PSIS (``az.psislw``).
+
+    :math:`\\hat k` is the shape of a generalized Pareto fit to the largest weights: above
+    0.7 the weights' tail is too heavy for the importance estimate to be trusted (Vehtari
+    et al., 2024). Weights of zero (log-weight ``-inf``) are left out.
+
+    Example:
+        >>> import numpy as np
+        >>> pareto_khat(np.random.default_rng(0).normal(size=4000) * 0.1) < 0.7
+        True
+
+    References:
+        Vehtari, Simpson, Gelman, Yao, Gabry. Pareto smoothed importance sampling.
+        JMLR 2024. arXiv:1507.02646.
+    """
+    values = np.asarray(to_numpy(log_weights), dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        raise ValueError(f"expected at least 2 finite log-weights, got {values.size}")
+    with warnings.catch_warnings():
+        # PSIS warns when k-hat is high; the caller reports k-hat itself.
+        warnings.simplefilter("ignore", UserWarning)
+        _, khat = arviz().psislw(values - values.max())
+    return float(khat)
