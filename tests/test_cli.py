@@ -213,7 +213,7 @@ def test_sample_and_evaluate_write_their_outputs(tmp_path):
     assert idata.posterior["x"].shape == (16, 10, 2)
     assert main(["evaluate", "--run", str(run), "--samples", str(draws), "--no-progress"]) == 0
     report = json.loads((run / "evaluation.json").read_text())
-    assert set(report) == {"backbone", "ebm", "reference"}
+    assert set(report) == {"backbone", "ebm", "reference", "likelihood", "log_z"}
     assert report["reference"]["data"] == "heldout" and report["reference"]["n"] == 200
     assert {"mmd", "mode_weight_error", "grid_kl"} <= set(report["ebm"])
     assert (run / "evaluation.png").stat().st_size > 10_000

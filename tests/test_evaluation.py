@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from pyro_flowebm import FlowEBM, flow_backbone, flows
+from pyro_flowebm import FlowEBM, datasets, flow_backbone, flows
 from pyro_flowebm.app import RunConfig, evaluate_run, plot_overview, train_run
 from pyro_flowebm.infer import SAMPLERS, sample_ebm
 from pyro_flowebm.nn import MLPEnergy
@@ -42,7 +44,23 @@ def test_evaluation_against_fresh_toy_draws_and_the_overview_plot(tmp_path):
     assert result.reference == {"data": "mixture_unequal", "n": 120, "num_draws": 120}
     assert result.backbone.keys() == result.ebm.keys()
     assert 0.0 <= result.ebm["mode_weight_error"] <= 2.0
-    assert result.table().count("\n") == len(result.ebm) + 1
+    table = result.table().splitlines()
+    assert len(table) == 2 + len(result.ebm) + 1 + 3
+    assert table[-4].startswith("| held-out NLL (nats per point) |")
+    assert table[-1].startswith("log Z = ") and "(is, 16384 particles" in table[-1]
+    # The toy's own density is the truth: no model has a lower NLL, beyond the noise
+    # (the cross-entropy exceeds the entropy by the KL divergence).
+    reference = datasets.load("mixture_unequal", 120, generator=torch.Generator().manual_seed(0))
+    truth = -datasets.TOYS["mixture_unequal"].log_prob(reference).double().mean()
+    nll = result.likelihood
+    assert nll["n"] == 120 and nll["unit"] == "nats per point"
+    for model in ("backbone", "ebm"):
+        assert nll[model]["value"] > truth - 3 * nll[model]["stderr"]
+    gain = nll["improvement"]
+    assert gain["value"] == pytest.approx(nll["backbone"]["value"] - nll["ebm"]["value"])
+    assert 0 < gain["stderr"] < nll["ebm"]["stderr"]
+    assert result.log_z["method"] == "is" and result.log_z["is_khat"] <= 0.7
+    assert json.loads((tmp_path / "evaluation.json").read_text())["likelihood"] == nll
     assert (tmp_path / "evaluation.png").is_file()
     np.save(tmp_path / "three.npy", np.zeros((10, 3)))
     with pytest.raises(ValueError, match="expected reference data with 2 columns"):

@@ -16,6 +16,7 @@ from torch.distributions.transforms import AffineTransform
 from pyro_flowebm import FlowEBM
 from pyro_flowebm.app import RunConfig, train_run
 from pyro_flowebm.infer import HMC, MALA, LogZEstimate, anneal, estimate_log_z
+from pyro_flowebm.metrics import compare_nll
 
 # "Within 3 standard errors", as the estimates are asked to be.
 WITHIN = 3.0
@@ -196,3 +197,22 @@ def test_anneal_between_two_gaussians_in_closed_form():
     variance = (w * result.position.double().pow(2)).sum(0)
     assert ((variance - 1 / (1 + k)).abs() < 0.05).all(), variance
     assert result.num_grad_evals > 0 and result.resampled[-1] >= 0
+
+
+def test_the_normalized_ebm_gives_the_exact_held_out_likelihood():
+    # p of the quadratic case is a Gaussian: precision 1/s^2 + a, mean (m/s^2 + a c) / that.
+    # The EBM's per-point NLL from compare_nll is the exact one up to log Z's error.
+    g = torch.Generator().manual_seed(0)
+    m, s = torch.randn(2, generator=g), 0.5 + torch.rand(2, generator=g)
+    a, c = 0.5 + torch.rand(2, generator=g), torch.randn(2, generator=g)
+    precision = 1 / s**2 + a
+    exact = dist.Normal((m / s**2 + a * c) / precision, precision.rsqrt()).to_event(1)
+    ebm, _ = quadratic_case(2)
+    estimate = estimate_log_z(ebm, 4096, method="is", seed=0)
+    data = exact.sample((500,))
+    nll = compare_nll(ebm.backbone, ebm.normalized(estimate), data)
+    truth = -exact.log_prob(data).mean()
+    assert abs(nll["ebm"]["value"] - truth) < WITHIN * estimate.stderr
+    assert nll["ebm"]["stderr"] > estimate.stderr  # the points' spread, and log Z's error
+    with pytest.raises(ValueError, match="expected a normalized model, got a FlowEBM without"):
+        compare_nll(ebm.backbone, ebm, data)

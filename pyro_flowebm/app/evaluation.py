@@ -1,4 +1,4 @@
-"""Evaluating a trained run: its backbone and EBM draws against reference data, and plots."""
+"""Evaluating a trained run: draws and held-out likelihood of backbone and EBM, and plots."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from .. import datasets
 from ..core import check_int, seeded
 from ..diagnostics import image_grid
 from ..distributions import FlowEBM
-from ..infer import sample_ebm
+from ..infer import LogZEstimate, estimate_log_z, sample_ebm
 from ..io import read_netcdf, write_text
-from ..metrics import bits_per_dim, evaluate_samples, load_or_fit_probe, mmd, probe_summary
+from ..metrics import compare_nll, evaluate_samples, load_or_fit_probe, mmd, probe_summary
 from .config import RunConfig
 from .rundir import EVALUATION, EVALUATION_PLOT, PROBE, read_config, read_data, read_levels
 from .training import load_run
@@ -28,7 +28,13 @@ from .training import load_run
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["Evaluation", "evaluate_run", "plot_images", "plot_overview"]
+__all__ = [
+    "Evaluation",
+    "estimate_for_evaluation",
+    "evaluate_run",
+    "plot_images",
+    "plot_overview",
+]
 
 # Warm-up cycles of the hmc-imh chains that give the EBM's draws: images cost far more a
 # gradient than 2-D points.
@@ -45,7 +51,7 @@ def _flat_draws(idata: InferenceData, n: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Metrics of a run's backbone and EBM draws against reference data.
+    r"""Metrics of a run's backbone and EBM draws against reference data.
 
     Attributes:
         backbone: :func:`~pyro_flowebm.evaluate.evaluate_samples` of backbone draws
@@ -56,10 +62,16 @@ class Evaluation:
         reference: what the draws were compared with (``"heldout"``, a toy name or a
             file) and how many points.
         bits_per_dim: images only: the backbone's bits per dimension on the held-out
-            images (:func:`~pyro_flowebm.evaluate.bits_per_dim`; the EBM's density is
-            unnormalized, so it has none).
+            images (the ``backbone`` value of ``likelihood``).
         class_fractions: digits only: the probe's class shares of each method's draws
             (``"backbone"``, ``"ebm"``, ``"reference"``).
+        likelihood: the held-out negative log-likelihood of backbone and EBM, and the
+            backbone's minus the EBM's, each with its standard error
+            (:func:`~pyro_flowebm.metrics.compare_nll`: nats per point for vectors, bits per
+            dimension for images).
+        log_z: the estimate of :math:`\log Z` the EBM's likelihood uses
+            (:meth:`~pyro_flowebm.infer.LogZEstimate.to_dict`), and ``is_khat``, the Pareto
+            :math:`\hat k` of importance sampling that chose the method.
     """
 
     backbone: dict[str, float]
@@ -67,6 +79,8 @@ class Evaluation:
     reference: dict[str, Any]
     bits_per_dim: float | None = None
     class_fractions: dict[str, list[float]] | None = None
+    likelihood: dict[str, Any] | None = None
+    log_z: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"backbone": self.backbone, "ebm": self.ebm, "reference": self.reference}
@@ -74,16 +88,66 @@ class Evaluation:
             out["backbone_bits_per_dim"] = self.bits_per_dim
         if self.class_fractions is not None:
             out["class_fractions"] = self.class_fractions
+        if self.likelihood is not None:
+            out["likelihood"] = self.likelihood
+            out["log_z"] = self.log_z
         return out
 
     def table(self) -> str:
-        """A Markdown table: one row a metric, backbone and EBM side by side."""
+        """A Markdown table: one row a metric, backbone and EBM side by side; then log Z."""
         rows = ["| metric | backbone | EBM |", "|---|---|---|"]
         for key in self.ebm:
             rows.append(f"| {key} | {self.backbone[key]:.4g} | {self.ebm[key]:.4g} |")
-        if self.bits_per_dim is not None:
-            rows.append(f"| bits per dim (held out) | {self.bits_per_dim:.4g} | |")
-        return "\n".join(rows)
+        if self.likelihood is None or self.log_z is None:
+            return "\n".join(rows)
+        nll, log_z = self.likelihood, self.log_z
+        unit, gain = nll["unit"], nll["improvement"]
+        rows.append(
+            f"| held-out NLL ({unit}) | {_pm(nll['backbone'])} | {_pm(nll['ebm'])} |",
+        )
+        khat = "" if log_z["khat"] is None else f", k-hat {log_z['khat']:.2f}"
+        return "\n".join(
+            [
+                *rows,
+                "",
+                f"EBM minus backbone NLL: {-gain['value']:+.4g} ± {gain['stderr']:.2g} {unit}",
+                f"log Z = {log_z['log_z']:.4f} ± {log_z['stderr']:.2g} ({log_z['method']}, "
+                f"{log_z['num_particles']} particles, ESS {log_z['ess']:.0f}{khat})",
+            ]
+        )
+
+
+def _pm(value: dict[str, float]) -> str:
+    return f"{value['value']:.4g} ± {value['stderr']:.2g}"
+
+
+def estimate_for_evaluation(
+    ebm: FlowEBM, num_particles: int, seed: int, progress_bar: bool
+) -> tuple[LogZEstimate, float | None]:
+    """The log Z estimate of a run's evaluation: importance sampling with ``num_particles``
+    when its Pareto k-hat is at most 0.7, else annealed SMC with an eighth as many
+    particles (SMC costs ~100 gradient evaluations a particle). Returns the estimate and
+    the importance sampler's k-hat."""
+    estimate = estimate_log_z(ebm, num_particles, method="is", seed=seed)
+    if estimate.reliable:
+        return estimate, estimate.khat
+    smc_particles = max(32, num_particles // 8 // 16 * 16)
+    smc = estimate_log_z(ebm, smc_particles, seed=seed, progress_bar=progress_bar)
+    return smc, estimate.khat
+
+
+def _likelihood(
+    ebm: FlowEBM,
+    data: Tensor,
+    levels: int | None,
+    num_particles: int,
+    seed: int,
+    progress_bar: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`compare_nll` of backbone and normalized EBM on ``data``, and the log Z used."""
+    estimate, khat = estimate_for_evaluation(ebm, num_particles, seed, progress_bar)
+    nll = compare_nll(ebm.backbone, ebm.normalized(estimate), data, levels=levels, seed=seed)
+    return nll, estimate.to_dict() | {"is_khat": khat}
 
 
 def _toy_of(name: str | None) -> datasets.Toy | None:
@@ -100,8 +164,9 @@ def evaluate_run(
     plots: bool = True,
     progress_bar: bool = True,
     num_samples: int | None = None,
+    log_z_particles: int = 16384,
 ) -> Evaluation:
-    """Compare a run's backbone and EBM draws with reference data; write the results.
+    r"""Compare a run's backbone and EBM draws with reference data; write the results.
 
     The reference is the run's held-out data, or ``data``: a toy name (fresh exact
     draws, seeded by ``seed``) or a file. For a toy, mode coverage, mode-weight error
@@ -111,8 +176,10 @@ def evaluate_run(
     ``pyro-flowebm sample``, taken evenly over its chains and draws) or are drawn with the
     ``"hmc-imh"`` preset of :func:`~pyro_flowebm.infer.sample_ebm` as independent draws,
     the state of each of ``num_draws`` chains after 100 warm-up cycles (50 for images).
-    Writes ``evaluation.json`` and, with ``plots``, ``evaluation.png``
-    (:func:`plot_overview`) into the run directory.
+    The held-out negative log-likelihood of backbone and EBM (nats per point; bits per
+    dimension for images, dequantized) comes with the EBM's :math:`\log Z`
+    (:func:`estimate_for_evaluation`). Writes ``evaluation.json`` and, with ``plots``,
+    ``evaluation.png`` (:func:`plot_overview`) into the run directory.
 
     Args:
         run_dir: the run.
@@ -123,6 +190,7 @@ def evaluate_run(
         plots: write ``evaluation.png``.
         progress_bar: show the sampler's progress.
         num_samples: deprecated name of ``num_draws`` (it is not draws per chain).
+        log_z_particles: importance-sampling particles of the :math:`\log Z` estimate.
 
     Example:
         >>> import tempfile
@@ -141,6 +209,7 @@ def evaluate_run(
         )
         num_draws = num_samples
     check_int("num_draws", num_draws, 2)
+    check_int("log_z_particles", log_z_particles, 256)
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     ebm = load_run(run_dir, device="cpu")
@@ -150,7 +219,9 @@ def evaluate_run(
                 f"expected no --data for an image run (it is compared with its own held-out "
                 f"images), got {data!r}"
             )
-        return _evaluate_images(run_dir, config, ebm, samples, num_draws, seed, plots, progress_bar)
+        return _evaluate_images(
+            run_dir, config, ebm, samples, (num_draws, log_z_particles), seed, plots, progress_bar
+        )
     if data is None:
         reference = read_data(run_dir)[1].cpu()
         toy, source = _toy_of(config.data), "heldout"
@@ -168,10 +239,13 @@ def evaluate_run(
     if toy is not None:
         known = {"modes": toy.modes, "weights": toy.weights, "sd": toy.sd, "log_prob": toy.log_prob}
         known = {k: v for k, v in known.items() if v is not None}
+    nll, log_z = _likelihood(ebm, reference, None, log_z_particles, seed, progress_bar)
     result = Evaluation(
         backbone=evaluate_samples(backbone_x, reference, **known),
         ebm=evaluate_samples(ebm_x, reference, **known),
         reference={"data": source, "n": reference.shape[0], "num_draws": num_draws},
+        likelihood=nll,
+        log_z=log_z,
     )
     write_text(json.dumps(result.to_dict(), indent=2) + "\n", run_dir / EVALUATION)
     if plots:
@@ -208,19 +282,19 @@ def _evaluate_images(
     config: RunConfig,
     ebm: FlowEBM,
     samples: str | os.PathLike[str] | None,
-    num_draws: int,
+    counts: tuple[int, int],
     seed: int,
     plots: bool,
     progress_bar: bool,
 ) -> Evaluation:
-    """evaluate_run for images: bits per dimension, the digits probe, MMD, image grids."""
+    """evaluate_run for images: bits per dimension, the digits probe, MMD, image grids;
+    ``counts`` are the draws compared and the particles of log Z."""
+    num_draws, log_z_particles = counts
     levels = read_levels(run_dir)
     heldout = read_data(run_dir)[1].cpu()
     noise = torch.Generator().manual_seed(seed)
     reference = datasets.dequantize(heldout, levels, generator=noise) if levels else heldout
-    bpd = None
-    if levels:
-        bpd = bits_per_dim(ebm.backbone, heldout, levels, num_samples=4, generator=noise)[0]
+    nll, log_z = _likelihood(ebm, heldout, levels, log_z_particles, seed, progress_bar)
     backbone_x, ebm_x = _draws(ebm, samples, num_draws, seed, _WARMUP["images"], progress_bar)
     metrics: dict[str, dict[str, float]] = {"backbone": {}, "ebm": {}}
     fractions = None
@@ -238,8 +312,10 @@ def _evaluate_images(
         backbone=metrics["backbone"],
         ebm=metrics["ebm"],
         reference={"data": "heldout", "n": reference.shape[0], "num_draws": num_draws},
-        bits_per_dim=bpd,
+        bits_per_dim=nll["backbone"]["value"] if levels else None,
         class_fractions=fractions,
+        likelihood=nll,
+        log_z=log_z,
     )
     write_text(json.dumps(result.to_dict(), indent=2) + "\n", run_dir / EVALUATION)
     if plots:

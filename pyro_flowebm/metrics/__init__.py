@@ -1,6 +1,6 @@
 """Sample-quality metrics: two-sample statistics, modes, densities, and the digits probe."""
 
-from .density import bits_per_dim, grid_kl
+from .density import bits_per_dim, compare_nll, grid_kl, nll_per_point
 from .evaluation import evaluate_samples
 from .modes import ModeCoverage, assign_modes, mode_coverage, mode_weight_error
 from .probe import (
@@ -18,6 +18,7 @@ __all__ = [
     "ModeCoverage",
     "assign_modes",
     "bits_per_dim",
+    "compare_nll",
     "energy_distance",
     "evaluate_samples",
     "fit_probe",
@@ -29,5 +30,6 @@ __all__ = [
     "mmd",
     "mode_coverage",
     "mode_weight_error",
+    "nll_per_point",
     "probe_summary",
 ]

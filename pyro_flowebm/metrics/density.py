@@ -1,9 +1,10 @@
-"""Densities: KL divergence on a 2-D grid, and bits per dimension of quantized images."""
+"""Densities: KL on a 2-D grid, held-out negative log-likelihood, bits per dimension of images."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,7 +13,7 @@ from ..core import check_int
 from ..datasets import dequantize
 from .points import ArrayLike, as_points
 
-__all__ = ["bits_per_dim", "grid_kl"]
+__all__ = ["bits_per_dim", "compare_nll", "grid_kl", "nll_per_point"]
 
 # Additive smoothing of the histogram probabilities in ``grid_kl`` (an empty cell gets
 # probability ~1e-10, not 0, so KL stays finite).
@@ -143,8 +144,9 @@ def bits_per_dim(
     and bits per dimension are :math:`-\log_2 P(k) / D`; this returns the bound's estimate,
     an upper bound on the true bits per dimension, averaged over the images and
     ``num_samples`` noise draws each. ``model`` must be normalized: a backbone (a
-    :class:`~pyro.distributions.TransformedDistribution`), not a
-    :class:`~pyro_flowebm.FlowEBM`, whose ``log_prob`` omits :math:`\log Z`.
+    :class:`~pyro.distributions.TransformedDistribution`), or a
+    :class:`~pyro_flowebm.FlowEBM` with an estimate of :math:`\log Z` attached
+    (``ebm.normalized(...)``).
 
     Args:
         model: a normalized distribution with event shape ``images.shape[1:]``.
@@ -168,23 +170,113 @@ def bits_per_dim(
         ICLR 2016. arXiv:1511.01844.
     """
     check_int("levels", levels, 2)
+    per_image = nll_per_point(
+        model, images, levels=levels, num_samples=num_samples, batch_size=batch_size,
+        generator=generator,
+    )  # fmt: skip
+    return float(per_image.mean()), float(per_image.std() / math.sqrt(per_image.numel()))
+
+
+def nll_per_point(
+    model: torch.distributions.Distribution,
+    data: Tensor,
+    *,
+    levels: int | None = None,
+    num_samples: int = 1,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The negative log-likelihood of each point under a normalized model, float64: nats
+    per point, or with ``levels`` bits per dimension of dequantized images (the bound of
+    :func:`bits_per_dim`, averaged over ``num_samples`` noise draws).
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> nll_per_point(dist.Normal(0.0, 1.0), torch.zeros(2)).round(decimals=4).tolist()
+        [0.9189, 0.9189]
+    """
     check_int("num_samples", num_samples, 1)
     check_int("batch_size", batch_size, 1)
-    event_shape = model.event_shape
-    if images.dim() != len(event_shape) + 1 or images.shape[1:] != event_shape:
+    if getattr(model, "log_z", 0.0) is None:
         raise ValueError(
-            f"expected images of shape (N, {', '.join(map(str, event_shape))}), "
-            f"got {tuple(images.shape)}"
+            "expected a normalized model, got a FlowEBM without an estimate of log Z: use "
+            "ebm.normalized(pyro_flowebm.infer.estimate_log_z(ebm, ...))"
         )
-    if images.shape[0] < 2:
-        raise ValueError(f"expected at least 2 images for a standard error, got {images.shape[0]}")
-    d = event_shape.numel()
-    log_q = torch.zeros(images.shape[0], dtype=torch.float64)
+    event_shape, what = model.event_shape, "images" if levels else "points"
+    if data.dim() != len(event_shape) + 1 or data.shape[1:] != event_shape:
+        shape = ", ".join(map(str, event_shape))
+        raise ValueError(f"expected {what} of shape (N, {shape}), got {tuple(data.shape)}")
+    if data.shape[0] < 2:
+        raise ValueError(f"expected at least 2 {what} for a standard error, got {data.shape[0]}")
+    log_q = torch.zeros(data.shape[0], dtype=torch.float64)
     with torch.no_grad():
-        for _ in range(num_samples):
-            for start in range(0, images.shape[0], batch_size):
-                batch = images[start : start + batch_size]
-                v = dequantize(batch, levels, generator=generator)
-                log_q[start : start + batch_size] += model.log_prob(v).double().cpu()
-    per_image = -(log_q / num_samples - d * math.log(levels)) / (d * math.log(2))
-    return float(per_image.mean()), float(per_image.std() / math.sqrt(per_image.numel()))
+        for _ in range(num_samples if levels else 1):
+            for start in range(0, data.shape[0], batch_size):
+                batch = data[start : start + batch_size]
+                if levels:
+                    batch = dequantize(batch, levels, generator=generator)
+                log_q[start : start + batch_size] += model.log_prob(batch).double().cpu()
+    if not levels:
+        return -log_q
+    d = event_shape.numel()
+    return -(log_q / num_samples - d * math.log(levels)) / (d * math.log(2))
+
+
+def compare_nll(
+    backbone: torch.distributions.Distribution,
+    ebm: torch.distributions.Distribution,
+    data: Tensor,
+    *,
+    levels: int | None = None,
+    num_samples: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    r"""Held-out negative log-likelihood of a backbone and of its normalized EBM, paired.
+
+    Both models see the same points (and, for images, the same dequantization noise).
+    The EBM's standard error adds its :math:`\log Z` estimate's (``ebm.log_z_stderr``) in
+    quadrature to the spread over the points; so does that of ``improvement``, the
+    backbone's NLL minus the EBM's per point (positive: the tilt fits the data better), whose
+    spread over the points is far smaller than either NLL's.
+
+    Args:
+        backbone: the normalized backbone :math:`q`.
+        ebm: the EBM with :math:`\log Z` attached (``ebm.normalized(estimate)``).
+        data: held-out points ``(N, *event_shape)``.
+        levels: images: intensity levels; the unit is then bits per dimension.
+        num_samples: images: dequantization draws per image.
+        seed: seeds the dequantization noise.
+
+    Returns:
+        ``{"unit", "n", "backbone", "ebm", "improvement"}``, the last three each
+        ``{"value", "stderr"}``.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> q = dist.Normal(torch.zeros(1), 1.0).to_event(1)
+        >>> out = compare_nll(q, q, torch.zeros(4, 1))
+        >>> out["unit"], out["improvement"]["value"]
+        ('nats per point', 0.0)
+    """
+    per_point = {}
+    for name, model in (("backbone", backbone), ("ebm", ebm)):
+        generator = torch.Generator().manual_seed(seed)
+        per_point[name] = nll_per_point(
+            model, data, levels=levels, num_samples=num_samples, generator=generator
+        )
+    n = data.shape[0]
+    # Images: log Z's error spread over the dimensions, in bits.
+    scale = 1 / (data[0].numel() * math.log(2)) if levels else 1.0
+    log_z_stderr = (getattr(ebm, "log_z_stderr", None) or 0.0) * scale
+
+    def summary(values: Tensor, extra: float) -> dict[str, float]:
+        stderr = math.sqrt(float(values.var()) / n + extra**2)
+        return {"value": float(values.mean()), "stderr": stderr}
+
+    return {
+        "unit": "bits per dim" if levels else "nats per point",
+        "n": n,
+        "backbone": summary(per_point["backbone"], 0.0),
+        "ebm": summary(per_point["ebm"], log_z_stderr),
+        "improvement": summary(per_point["backbone"] - per_point["ebm"], log_z_stderr),
+    }
