@@ -219,8 +219,10 @@ def pareto_khat(log_weights: Any) -> float:
     values = values[np.isfinite(values)]
     if values.size < 2:
         raise ValueError(f"expected at least 2 finite log-weights, got {values.size}")
-    with warnings.catch_warnings():
-        # PSIS warns when k-hat is high; the caller reports k-hat itself.
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
+        # PSIS warns when k-hat is high (the caller reports k-hat itself), and its fit of
+        # the tail overflows to weights of zero on very heavy tails, as it should.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         _, khat = arviz().psislw(values - values.max())
     return float(khat)
