@@ -222,13 +222,37 @@ def evaluate_run(
         return _evaluate_images(
             run_dir, config, ebm, samples, (num_draws, log_z_particles), seed, plots, progress_bar
         )
+    return _evaluate_vectors(
+        run_dir, config, ebm, data, samples, (num_draws, log_z_particles), seed, plots, progress_bar
+    )
+
+
+def _reference(
+    run_dir: Path, config: RunConfig, data: str | None, num_draws: int, seed: int
+) -> tuple[Tensor, datasets.Toy | None, str]:
+    """The points of a vector run's evaluation: its held-out data, fresh draws of a toy, or a
+    file; the toy they come from, if any; and their name."""
     if data is None:
-        reference = read_data(run_dir)[1].cpu()
-        toy, source = _toy_of(config.data), "heldout"
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        reference = datasets.load(data, num_draws, generator=generator).float()
-        toy, source = _toy_of(data), data
+        return read_data(run_dir)[1].cpu(), _toy_of(config.data), "heldout"
+    generator = torch.Generator().manual_seed(seed)
+    return datasets.load(data, num_draws, generator=generator).float(), _toy_of(data), data
+
+
+def _evaluate_vectors(
+    run_dir: Path,
+    config: RunConfig,
+    ebm: FlowEBM,
+    data: str | None,
+    samples: str | os.PathLike[str] | None,
+    counts: tuple[int, int],
+    seed: int,
+    plots: bool,
+    progress_bar: bool,
+) -> Evaluation:
+    """evaluate_run for vectors: the toys' metrics, held-out NLL, the overview plot;
+    ``counts`` are the draws compared and the particles of log Z."""
+    num_draws, log_z_particles = counts
+    reference, toy, source = _reference(run_dir, config, data, num_draws, seed)
     if reference.shape[1] != ebm.event_shape[0]:
         raise ValueError(
             f"expected reference data with {ebm.event_shape[0]} columns like the run's, "
