@@ -64,6 +64,7 @@ def summarize(estimates: list[Any], truth: float) -> dict[str, Any]:
     khats = [e.khat for e in estimates if e.khat is not None]
     return {
         "repeats": len(estimates),
+        "mean_log_z": statistics.mean(e.log_z for e in estimates),
         "mean_error": statistics.mean(errors),
         "rmse": rmse,
         "spread": spread,
@@ -107,7 +108,8 @@ def digits(args: Any) -> list[dict[str, Any]]:
     ebm = load_run(args.digits_run, device="cpu")
     reference = estimate_log_z(ebm, 512 if args.quick else 8192, seed=1000)
     print(f"digits: long SMC log Z {reference.log_z:.4f} +- {reference.stderr:.4f}", flush=True)
-    rows = [{"method": "smc (reference)", "truth": reference.log_z} | summarize([reference], 0)]
+    reference_row = summarize([reference], reference.log_z)
+    rows = [{"method": "smc (reference)", "truth": reference.log_z} | reference_row]
     repeats = 2 if args.quick else 5
     for method, n in (("is", 2**16), ("smc", 256 if args.quick else 1024)):
         runs = [
@@ -164,12 +166,8 @@ def sampling(args: Any) -> list[dict[str, Any]]:
     ]
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    parser.add_argument("--digits-run", type=Path, default=Path("runs/digits"))
-    args = parser.parse_args()
-    setup(args)
-    results = {"closed_form": closed_form(args), "digits": digits(args), "sample": sampling(args)}
+def render(results: dict[str, Any]) -> str:
+    """The Markdown tables of the three parts."""
     closed = [
         [
             r["d"], r["method"], r["num_particles"], r["mean_error"], r["rmse"], r["spread"],
@@ -186,10 +184,11 @@ def main() -> None:
     )  # fmt: skip
     if results["digits"]:
         markdown += "\n\n## digits (against a long SMC run)\n\n" + markdown_table(
-            ["method", "particles", "mean error", "RMSE", "mean SE", "k-hat", "s"],
+            ["method", "particles", "repeats", "mean log Z", "mean error", "RMSE", "mean SE",
+             "k-hat", "s"],
             [
-                [r["method"], r["num_particles"], r["mean_error"], r["rmse"], r["mean_stderr"],
-                 r["khat"], r["seconds"]]
+                [r["method"], r["num_particles"], r["repeats"], r["mean_log_z"],
+                 r["mean_error"], r["rmse"], r["mean_stderr"], r["khat"], r["seconds"]]
                 for r in results["digits"]
             ],
         )  # fmt: skip
@@ -200,6 +199,16 @@ def main() -> None:
             for r in results["sample"]
         ],
     )
+    return markdown
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--digits-run", type=Path, default=Path("runs/digits"))
+    args = parser.parse_args()
+    setup(args)
+    results = {"closed_form": closed_form(args), "digits": digits(args), "sample": sampling(args)}
+    markdown = render(results)
     print("\n" + markdown)
     write_results("log_z", args, results, markdown)
 

@@ -202,7 +202,7 @@ class FlowEBM(TorchDistribution):
             log_z, stderr = log_z.log_z, log_z.stderr
         if not math.isfinite(log_z):
             raise ValueError(f"expected a finite log_z, got {log_z}")
-        if stderr is not None and not stderr >= 0:
+        if stderr is not None and stderr < 0:  # NaN: unknown (SMC with one particle system)
             raise ValueError(f"expected stderr >= 0, got {stderr}")
         new = self.expand(self.batch_shape)
         new.log_z = float(log_z)
