@@ -139,7 +139,8 @@ def _nuts(
     start = time.perf_counter()
     with seeded(seed, ebm.base_dist.mean.device):
         if init is None:
-            init = ebm.base_dist.sample((num_chains,)) if latent else ebm.sample((num_chains,))
+            q = ebm.base_dist if latent else ebm.backbone  # both start from the backbone
+            init = q.sample((num_chains,))
         check_init(init, num_chains, ebm)
         potential = ebm.latent_potential if latent else ebm.data_potential
         settings = (num_samples, warmup_steps, target_accept_prob, max_tree_depth, progress_bar)
