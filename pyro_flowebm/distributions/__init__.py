@@ -1,7 +1,7 @@
 """Distributions: the FlowEBM, its latent-space form, the reparameterizer, and SIR draws."""
 
 from .flowebm import FlowEBM, LatentFlowEBM
-from .reparam import FlowEBMReparam
+from .reparam import FlowEBMReparam, flowebm_of
 from .resampling import (
     ImportanceResampler,
     LatentSampler,
@@ -17,6 +17,7 @@ __all__ = [
     "ImportanceResampler",
     "LatentFlowEBM",
     "LatentSampler",
+    "flowebm_of",
     "kish_ess",
     "log_mean_exp",
     "resampled_order",

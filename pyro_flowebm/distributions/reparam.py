@@ -13,7 +13,7 @@ from torch.distributions.transforms import Transform
 
 from .flowebm import FlowEBM
 
-__all__ = ["FlowEBMReparam"]
+__all__ = ["FlowEBMReparam", "flowebm_of"]
 
 
 class FlowEBMReparam(Reparam):
@@ -104,3 +104,21 @@ class FlowEBMReparam(Reparam):
                     )
                 out[name] = transform(samples[key])
         return out
+
+
+def flowebm_of(fn: object) -> FlowEBM | None:
+    """The :class:`~pyro_flowebm.FlowEBM` a site's distribution is, through ``to_event``
+    (``Independent``) wrappers and ``expand``; ``None`` for any other distribution.
+
+    Example:
+        >>> from pyro_flowebm import flow_backbone, flows
+        >>> from pyro_flowebm.nn import MLPEnergy
+        >>> ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), MLPEnergy(2, 8))
+        >>> flowebm_of(ebm.expand((3,)).to_event(1)) is not None
+        True
+        >>> flowebm_of(dist.Normal(0.0, 1.0)) is None
+        True
+    """
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn if isinstance(fn, FlowEBM) else None
