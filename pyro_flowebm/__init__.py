@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .app import load_run
     from .distributions import FlowEBM, FlowEBMReparam, LatentFlowEBM
     from .flows import NormflowsTransform, fit_backbone, flow_backbone
-    from .infer import data_space_nuts, latent_nuts
+    from .infer import data_space_nuts, latent_nuts, sample_posterior
     from .nn import ConvEnergy, MLPEnergy
     from .train import TrainingDiverged, fit_ebm
 
@@ -44,6 +44,7 @@ __all__ = [
     "load_run",
     "metrics",
     "nn",
+    "sample_posterior",
 ]
 
 # Public name -> the module that defines it (a subpackage is its own entry).
@@ -61,6 +62,7 @@ _HOMES = {
     "flow_backbone": "flows",
     "latent_nuts": "infer",
     "load_run": "app",
+    "sample_posterior": "infer",
 }
 _SUBPACKAGES = {
     "app",

@@ -34,7 +34,8 @@ from ..distributions import FlowEBMReparam, flowebm_of
 __all__ = ["CHECK_TOLERANCE", "LatentSite", "ModelDensity"]
 
 _CHAINS = "_pyro_flowebm_chains"
-# The vectorized density must equal Pyro's per-chain potential to this, relative to 1 + |U|.
+# The vectorized density must equal Pyro's per-chain potential to this, relative to 1 + |U|
+# (or to 256 rounding errors of the model's dtype, if more: float32 sums in another order).
 CHECK_TOLERANCE = 1e-6
 
 
@@ -381,7 +382,7 @@ class ModelDensity:
             for i in range(position.shape[0]):
                 single, expected = self._one_chain(position[i])
                 for name, value in single.items():
-                    if not _close(float(vectorized[name][i]), float(value)):
+                    if not _close(float(vectorized[name][i]), float(value), position.dtype):
                         raise ValueError(
                             f"the model does not broadcast over chains at site '{name}': run "
                             f"for all chains at once its log density at chain {i} is "
@@ -389,7 +390,7 @@ class ModelDensity:
                             + _FIX
                         )
                 total = log_det[i] + sum(v[i] for v in vectorized.values())
-                if not _close(float(total), expected):
+                if not _close(float(total), expected, position.dtype):
                     raise ValueError(
                         f"expected the vectorized log density to equal Pyro's potential, got "
                         f"{float(total):.9g} against {expected:.9g} at chain {i}"
@@ -457,7 +458,8 @@ def _values(trace: Trace, shapes: Mapping[str, torch.Size], n: int) -> dict[str,
     return out
 
 
-def _close(a: float, b: float) -> bool:
+def _close(a: float, b: float, dtype: torch.dtype) -> bool:
     if math.isinf(a) or math.isinf(b):
         return a == b
-    return abs(a - b) <= CHECK_TOLERANCE * (1 + abs(b))
+    tolerance = max(CHECK_TOLERANCE, 256 * torch.finfo(dtype).eps)
+    return abs(a - b) <= tolerance * (1 + abs(b))

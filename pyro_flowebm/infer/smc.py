@@ -118,6 +118,7 @@ def anneal(
     target_ess: float = 0.9,
     resample_ess: float = 0.5,
     max_stages: int = 1000,
+    final_moves: int = 0,
     progress_bar: bool = True,
 ) -> SMCResult:
     r"""Annealed SMC from :math:`\pi_0 \propto e^{-U_0}` to :math:`\pi_1 \propto e^{-U_0 - T}`.
@@ -147,6 +148,9 @@ def anneal(
         target_ess: conditional ESS fraction kept by each temperature step, in (0, 1).
         resample_ess: ESS fraction below which a group is resampled, in (0, 1].
         max_stages: error if :math:`\beta = 1` is not reached in this many stages.
+        final_moves: if positive, at :math:`\beta = 1` every group is resampled to equal
+            weights (systematically: a particle's copies stay side by side) and every
+            particle moves ``final_moves`` more kernel steps, so that the copies part.
         progress_bar: a tqdm bar over :math:`\beta`.
 
     Returns:
@@ -169,6 +173,7 @@ def anneal(
     num_groups = check_int("num_groups", num_groups, 1)
     check_int("num_moves", num_moves, 0)
     check_int("max_stages", max_stages, 1)
+    check_int("final_moves", final_moves, 0)
     target_ess = check_probability("target_ess", target_ess)
     resample_ess = check_probability("resample_ess", resample_ess)
     if not 0 < target_ess < 1 or resample_ess <= 0:
@@ -189,9 +194,9 @@ def anneal(
             "expected an HMC or MALA kernel without ChEES or mass adaptation as the SMC move, "
             f"got {kernel.settings() if isinstance(kernel, HMC) else type(kernel).__name__}"
         )
-    return _Annealer(base_potential, tempered, kernel, num_groups, num_moves).run(
-        init.detach(), target_ess, resample_ess, max_stages, progress_bar
-    )
+    annealer = _Annealer(base_potential, tempered, kernel, num_groups, num_moves)
+    annealer.final_moves = final_moves
+    return annealer.run(init.detach(), target_ess, resample_ess, max_stages, progress_bar)
 
 
 class _Annealer:
@@ -207,6 +212,7 @@ class _Annealer:
     ) -> None:
         self.base_potential, self.tempered, self.kernel = base_potential, tempered, kernel
         self.k, self.num_moves = num_groups, num_moves
+        self.final_moves = 0
         self.num_nonfinite = self.num_grad_evals = 0
 
     def potential(self, beta: float) -> Potential:
@@ -260,6 +266,10 @@ class _Annealer:
                 acceptance.append(accept)
                 b.update(beta - betas[-2])
                 b.set_postfix(beta=f"{beta:.3g}", ess=f"{ess[-1]:.0f}", acc=f"{accept:.2f}")
+        if self.final_moves:
+            z, log_w = _resample(z, log_w, torch.ones(self.k, dtype=torch.bool, device=z.device))
+            z, accept = self.move(z, 1.0, adaptation, self.pooled(log_w, log_z), self.final_moves)
+            acceptance.append(accept)
         return SMCResult(
             z,
             self.pooled(log_w, log_z),
@@ -279,10 +289,17 @@ class _Annealer:
         return (joint - torch.logsumexp(joint.flatten(), 0)).flatten()
 
     def move(
-        self, z: Tensor, beta: float, adaptation: HMCAdaptation, log_w: Tensor
+        self,
+        z: Tensor,
+        beta: float,
+        adaptation: HMCAdaptation,
+        log_w: Tensor,
+        num_moves: int | None = None,
     ) -> tuple[Tensor, float]:
-        """``num_moves`` kernel steps on :math:`U_0 + \\beta T`; the mean acceptance."""
-        if self.num_moves == 0:
+        """``num_moves`` (default: the stages') kernel steps on :math:`U_0 + \\beta T`;
+        the mean acceptance."""
+        num_moves = self.num_moves if num_moves is None else num_moves
+        if num_moves == 0:
             return z, math.nan
         variance = _weighted_variance(z, log_w)
         if bool((variance > 0).all()):
@@ -291,9 +308,9 @@ class _Annealer:
         potential = self.potential(beta)
         state = self.kernel.init(z, potential)
         total = 0.0
-        for _ in range(self.num_moves):
+        for _ in range(num_moves):
             state, info = adaptation.step(state, potential)
             total += float(info.accept_prob.nan_to_num(0.0).mean())
             self.num_grad_evals += info.num_grad_evals
         self.num_grad_evals += 1
-        return state.position, total / self.num_moves
+        return state.position, total / num_moves

@@ -106,6 +106,10 @@ def to_inference_data(
     sample_stats: Mapping[str, Any] | None = None,
     *,
     attrs: Mapping[str, Any] | None = None,
+    log_likelihood: Mapping[str, Any] | None = None,
+    prior: Mapping[str, Any] | None = None,
+    prior_predictive: Mapping[str, Any] | None = None,
+    observed_data: Mapping[str, Any] | None = None,
 ) -> InferenceData:
     """Build an :class:`arviz.InferenceData` from arrays with leading (chain, draw) axes.
 
@@ -120,9 +124,17 @@ def to_inference_data(
         sample_stats: Statistic name to array of shape ``(chain, draw, ...)``, for example
             ``{"lp": ..., "diverging": ..., "acceptance_rate": ...}``.
         attrs: Metadata such as the sampler's settings or the seed.
+        log_likelihood: Observed site to its pointwise log likelihood, ``(chain, draw,
+            *batch)``, the (chain, draw) of ``posterior`` (what ``az.loo`` reads).
+        prior: Variable name to prior draws, ``(chain, draw, *event)``.
+        prior_predictive: Observed site to prior predictive draws, the (chain, draw) of
+            ``prior``.
+        observed_data: Observed site to its value, without (chain, draw) axes.
 
     Returns:
-        InferenceData with a ``posterior`` group (and ``sample_stats`` when given).
+        InferenceData with a ``posterior`` group, and each other group given. An observed
+        site ``y`` has the dimensions ``y_dim_i`` in ``observed_data``, ``prior_predictive``
+        and (its batch axes, the leading ones) ``log_likelihood``.
 
     Raises:
         ValueError: when ``posterior`` is empty, an array has fewer than two axes, the
@@ -150,6 +162,22 @@ def to_inference_data(
     stats: dict[str, np.ndarray] = {}
     if sample_stats:
         stats, _, _ = _check_group("sample_stats", sample_stats, leading, ref)
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    if log_likelihood:
+        groups["log_likelihood"], _, _ = _check_group(
+            "log_likelihood", log_likelihood, leading, ref
+        )
+    if prior:
+        groups["prior"], prior_leading, prior_ref = _check_group("prior", prior, None, None)
+        if prior_predictive:
+            groups["prior_predictive"], _, _ = _check_group(
+                "prior_predictive", prior_predictive, prior_leading, prior_ref
+            )
+    elif prior_predictive:
+        groups["prior_predictive"], _, _ = _check_group(
+            "prior_predictive", prior_predictive, None, None
+        )
+    observed = {str(k): to_numpy(v) for k, v in (observed_data or {}).items()}
 
     dims: dict[str, list[str]] = {}
     for name, array in [*post.items(), *stats.items()]:
@@ -159,6 +187,11 @@ def to_inference_data(
                 f"expected {name!r} with the same number of event axes in posterior and "
                 f"sample_stats, got {len(dims[name])} and {len(names)}; rename one of them"
             )
+    # Other groups share the names; ArviZ uses as many of a name's dimensions as it needs.
+    shapes = [(n, a.ndim - 2) for g in groups.values() for n, a in g.items()]
+    for name, rank in shapes + [(n, a.ndim) for n, a in observed.items()]:
+        if rank > len(dims.get(name, [])):
+            dims[name] = [f"{name}_dim_{i}" for i in range(rank)]
 
     safe = {str(k): netcdf_safe(v) for k, v in (attrs or {}).items()}
     # ArviZ pops keys from the attrs dicts it is given, so each group gets its own copy.
@@ -166,6 +199,9 @@ def to_inference_data(
     if stats:
         kwargs["sample_stats"] = stats
         kwargs["sample_stats_attrs"] = dict(safe)
+    kwargs |= groups
+    if observed:
+        kwargs["observed_data"] = observed
     with warnings.catch_warnings():
         # ArviZ warns when chains outnumber draws, guessing the axes may be swapped; ours
         # are explicit (chain, draw), and many short chains are this library's normal case.
