@@ -1,7 +1,9 @@
-"""Sample-quality metrics: two-sample statistics, modes, densities, and the digits probe."""
+"""Sample-quality metrics: two-sample statistics, modes, densities, grid truth
+of 2-D posteriors, and the digits probe."""
 
 from .density import bits_per_dim, compare_nll, grid_kl, nll_per_point
 from .evaluation import evaluate_samples
+from .grid import GridPosterior, grid_posterior
 from .modes import ModeCoverage, assign_modes, mode_coverage, mode_weight_error
 from .probe import (
     DigitsProbe,
@@ -15,6 +17,7 @@ from .two_sample import energy_distance, median_bandwidth, mmd
 
 __all__ = [
     "DigitsProbe",
+    "GridPosterior",
     "ModeCoverage",
     "assign_modes",
     "bits_per_dim",
@@ -25,6 +28,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_frechet_distance",
     "grid_kl",
+    "grid_posterior",
     "load_or_fit_probe",
     "median_bandwidth",
     "mmd",
