@@ -101,6 +101,53 @@ def _check_group(
     return out, leading, ref
 
 
+def _other_groups(
+    leading: tuple[int, int] | None,
+    ref: str | None,
+    log_likelihood: Mapping[str, Any] | None,
+    prior: Mapping[str, Any] | None,
+    prior_predictive: Mapping[str, Any] | None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The log likelihood (shaped like the posterior), the prior and its predictive (shaped
+    alike), checked."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    if log_likelihood:
+        groups["log_likelihood"], _, _ = _check_group(
+            "log_likelihood", log_likelihood, leading, ref
+        )
+    prior_leading, prior_ref = None, None
+    if prior:
+        groups["prior"], prior_leading, prior_ref = _check_group("prior", prior, None, None)
+    if prior_predictive:
+        groups["prior_predictive"], _, _ = _check_group(
+            "prior_predictive", prior_predictive, prior_leading, prior_ref
+        )
+    return groups
+
+
+def _dims(
+    post: dict[str, np.ndarray],
+    stats: dict[str, np.ndarray],
+    groups: dict[str, dict[str, np.ndarray]],
+    observed: dict[str, np.ndarray],
+) -> dict[str, list[str]]:
+    """Dimension names ``{v}_dim_{i}`` of every variable, one list per name."""
+    dims: dict[str, list[str]] = {}
+    for name, array in [*post.items(), *stats.items()]:
+        names = [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
+        if dims.setdefault(name, names) != names:
+            raise ValueError(
+                f"expected {name!r} with the same number of event axes in posterior and "
+                f"sample_stats, got {len(dims[name])} and {len(names)}; rename one of them"
+            )
+    # Other groups share the names; ArviZ uses as many of a name's dimensions as it needs.
+    shapes = [(n, a.ndim - 2) for g in groups.values() for n, a in g.items()]
+    for name, rank in shapes + [(n, a.ndim) for n, a in observed.items()]:
+        if rank > len(dims.get(name, [])):
+            dims[name] = [f"{name}_dim_{i}" for i in range(rank)]
+    return dims
+
+
 def to_inference_data(
     posterior: Mapping[str, Any],
     sample_stats: Mapping[str, Any] | None = None,
@@ -162,36 +209,10 @@ def to_inference_data(
     stats: dict[str, np.ndarray] = {}
     if sample_stats:
         stats, _, _ = _check_group("sample_stats", sample_stats, leading, ref)
-    groups: dict[str, dict[str, np.ndarray]] = {}
-    if log_likelihood:
-        groups["log_likelihood"], _, _ = _check_group(
-            "log_likelihood", log_likelihood, leading, ref
-        )
-    if prior:
-        groups["prior"], prior_leading, prior_ref = _check_group("prior", prior, None, None)
-        if prior_predictive:
-            groups["prior_predictive"], _, _ = _check_group(
-                "prior_predictive", prior_predictive, prior_leading, prior_ref
-            )
-    elif prior_predictive:
-        groups["prior_predictive"], _, _ = _check_group(
-            "prior_predictive", prior_predictive, None, None
-        )
+    groups = _other_groups(leading, ref, log_likelihood, prior, prior_predictive)
     observed = {str(k): to_numpy(v) for k, v in (observed_data or {}).items()}
 
-    dims: dict[str, list[str]] = {}
-    for name, array in [*post.items(), *stats.items()]:
-        names = [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
-        if dims.setdefault(name, names) != names:
-            raise ValueError(
-                f"expected {name!r} with the same number of event axes in posterior and "
-                f"sample_stats, got {len(dims[name])} and {len(names)}; rename one of them"
-            )
-    # Other groups share the names; ArviZ uses as many of a name's dimensions as it needs.
-    shapes = [(n, a.ndim - 2) for g in groups.values() for n, a in g.items()]
-    for name, rank in shapes + [(n, a.ndim) for n, a in observed.items()]:
-        if rank > len(dims.get(name, [])):
-            dims[name] = [f"{name}_dim_{i}" for i in range(rank)]
+    dims = _dims(post, stats, groups, observed)
 
     safe = {str(k): netcdf_safe(v) for k, v in (attrs or {}).items()}
     # ArviZ pops keys from the attrs dicts it is given, so each group gets its own copy.
