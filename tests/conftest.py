@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import normflows as nf
 import pyro
 import pytest
@@ -10,6 +12,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from pyro_flowebm import FlowEBM, NormflowsTransform, flow_backbone
+from pyro_flowebm.app import RunConfig, train_run
 from pyro_flowebm.io import arviz, to_inference_data
 
 
@@ -114,3 +117,14 @@ def assert_moments(draws: Tensor, mean: Tensor, cov: Tensor) -> None:
     z = mcse_z_scores(draws, mean, cov)
     scores = torch.cat([z["mean"], z["variance"]])
     assert scores.max() < z_bound(scores.numel()), z
+
+
+@pytest.fixture(scope="session")
+def trained() -> FlowEBM:
+    """A FlowEBM trained on eight Gaussians (float32, ~10 s), shared by the modules that
+    test against its grid."""
+    config = RunConfig(
+        data="eight_gaussians", num_data=2000, num_heldout=200, backbone_steps=600, steps=60
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return train_run(tmp, config, progress_bar=False)

@@ -173,3 +173,17 @@ def test_value_and_grad_and_argument_errors():
         MALA(num_steps=3)
     with pytest.raises(ValueError, match="one repeat count per kernel"):
         Cycle([HMC()], [1, 2])
+
+
+@pytest.mark.parametrize("kernel", [HMC(0.5, 4), MALA(0.5), HMC(0.5, 4, chees=True)])
+def test_float32_chains_stay_float32_on_a_float64_potential(kernel):
+    """A Pyro model with float64 data and a float32 prior computes U in float64: the step
+    size and the chains must stay in the positions' dtype (the flow is float32)."""
+
+    def potential(q: torch.Tensor) -> torch.Tensor:
+        assert q.dtype == torch.float32
+        return 0.5 * q.double().pow(2).sum(-1)
+
+    init = torch.zeros(8, 2, dtype=torch.float32)
+    idata = run_chains(potential, kernel, 8, 5, warmup_steps=5, init=init, progress_bar=False)
+    assert str(idata.posterior["x"].dtype) == "float32"

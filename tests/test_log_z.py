@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 
 import pyro.distributions as dist
 import pytest
@@ -14,7 +13,6 @@ from torch import Tensor
 from torch.distributions.transforms import AffineTransform
 
 from pyro_flowebm import FlowEBM
-from pyro_flowebm.app import RunConfig, train_run
 from pyro_flowebm.infer import HMC, MALA, LogZEstimate, anneal, estimate_log_z
 from pyro_flowebm.metrics import compare_nll
 
@@ -95,15 +93,6 @@ def test_the_estimate_of_z_is_unbiased_not_its_log():
     ).exp()
     se = estimates.std() / math.sqrt(estimates.numel())
     assert abs(float(estimates.mean()) - math.exp(truth)) / se < Z99
-
-
-@pytest.fixture(scope="module")
-def trained() -> FlowEBM:
-    config = RunConfig(
-        data="eight_gaussians", num_data=2000, num_heldout=200, backbone_steps=600, steps=60
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        return train_run(tmp, config, progress_bar=False)
 
 
 def grid_log_z(ebm: FlowEBM, half_width: float = 20.0, n: int = 1601) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from .independence import IndependenceMH
 from .kernel import Kernel
 from .langevin import ULA
 from .log_z import KHAT_THRESHOLD, LogZEstimate, SMCResampler, estimate_log_z
-from .model import LatentSite, ModelDensity
+from .model import CHECK_TOLERANCE, LatentSite, ModelDensity
 from .nuts import data_space_nuts, latent_nuts
 from .posterior import METHODS, posterior_data, sample_posterior
 from .presets import SAMPLERS, preset_kernel, sample_ebm
@@ -17,6 +17,7 @@ from .smc import SMCResult, anneal
 from .state import ChainState, Params, StepInfo, value_and_grad
 
 __all__ = [
+    "CHECK_TOLERANCE",
     "HMC",
     "KHAT_THRESHOLD",
     "METHODS",

@@ -195,7 +195,7 @@ class HMCAdaptation(Adaptation):
         length = self.log_length.detach().exp()
         self.length_optimizer.zero_grad()
         # Adam minimizes: ascend ChEES in log T (chain rule: dT/dlogT = T).
-        self.log_length.grad = -(grad * length).reshape(())
+        self.log_length.grad = -(grad * length).reshape(()).to(self.log_length.dtype)
         self.length_optimizer.step()
         with torch.no_grad():
             step_size = float(self.log_step.exp().mean())

@@ -140,7 +140,7 @@ class HMC(Kernel):
     ) -> tuple[ChainState, StepInfo]:
         q0, u0, g0 = state
         factory = {"dtype": q0.dtype, "device": q0.device}
-        eps = params.step_size.expand(q0.shape[0])
+        eps = params.step_size.to(q0.dtype).expand(q0.shape[0])  # the chains keep their dtype
         jittered = params.trajectory_length is not None
         jitter = float(torch.rand((), generator=generator, device=q0.device)) if jittered else 1.0
         num_steps = self._num_steps(params, eps, jitter)

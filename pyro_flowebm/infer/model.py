@@ -24,6 +24,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import biject_to
@@ -67,11 +68,22 @@ class LatentSite:
         return self.unconstrained_shape.numel()
 
 
+# Prior draws tried for one run of the model that shows its structure, where the model
+# raises at some positions (Pyro's validation of a NaN it computes there).
+_TRACE_TRIES = 10
+
+
 def _call(model: Callable[..., Any], args: tuple, kwargs: dict) -> Trace:
-    """One trace of ``model``; a model that cannot run on these arguments is a clear error."""
+    """One trace of ``model`` at a prior draw where it runs (up to ``_TRACE_TRIES`` draws);
+    a model that cannot run on these arguments is a clear error."""
     try:
         with torch.no_grad():
-            return prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
+            for attempt in range(_TRACE_TRIES):
+                try:
+                    return prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
+                except ValueError:
+                    if attempt == _TRACE_TRIES - 1:
+                        raise
     except TypeError as e:
         raise TypeError(
             f"expected model_args and model_kwargs that the model accepts, got "
@@ -160,6 +172,7 @@ class ModelDensity:
         }
         self.dim = sum(site.size for site in self.sites)
         self.num_nonfinite = 0
+        self.last_error: Exception | None = None
         self._pyro_potential: Callable[[dict[str, Tensor]], Tensor] | None = None
 
     @staticmethod
@@ -244,7 +257,7 @@ class ModelDensity:
                 return self.reparam_model(*args, **kwargs)
 
         if values is None:
-            return poutine.uncondition(plated)
+            return _Uncondition(set(self.observed))(plated)
         return poutine.condition(plated, dict(values))
 
     def _site_log_prob(self, site: dict, num_chains: int) -> Tensor:
@@ -276,15 +289,25 @@ class ModelDensity:
         The log prior includes the log-Jacobian of the unconstrained transforms, so
         :math:`-(\text{prior} + \text{likelihood})` is the potential the chains move on. A
         chain where the model returns NaN, or raises a ``ValueError`` (Pyro's argument
-        validation), gets :math:`-\infty` and is counted in ``num_nonfinite``; the other
-        chains are untouched. A model that raises at every chain raises.
+        validation), gets :math:`-\infty` (a rejected proposal), is counted in
+        ``num_nonfinite``, and the error is kept in ``last_error``; the other chains are
+        untouched: a batch that raises is run half by half, so the few chains that fail
+        are found in a logarithmic number of runs.
         """
         try:
             per_site, log_det = self.site_log_probs(position)
-        except ValueError:
-            if position.shape[0] == 1:
-                raise
-            return self._one_by_one(position)
+        except ValueError as e:
+            self.last_error = e
+            n = position.shape[0]
+            if n == 1:
+                self.num_nonfinite += 1
+                # -inf with a zero gradient, so that a batch of failures still backpropagates.
+                rejected = torch.where(
+                    torch.ones_like(position[:, 0], dtype=torch.bool), -math.inf, position[:, 0]
+                )
+                return rejected, rejected
+            halves = [self.log_densities(h) for h in (position[: n // 2], position[n // 2 :])]
+            return torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])
         prior = log_det + sum(per_site[s.name] for s in self.sites)
         likelihood = sum((per_site[n] for n in self.observed), position.new_zeros(len(log_det)))
         return self._guard(prior), self._guard(likelihood)
@@ -295,22 +318,6 @@ class ModelDensity:
             self.num_nonfinite += int(bad.sum())
             log_density = torch.where(bad, -math.inf, log_density)
         return log_density
-
-    def _one_by_one(self, position: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`log_densities` chain by chain, after the batch raised at some chain."""
-        priors, likelihoods, errors = [], [], []
-        for i in range(position.shape[0]):
-            try:
-                prior, likelihood = self.log_densities(position[i : i + 1])
-            except ValueError as e:
-                errors.append(e)
-                prior = likelihood = position.new_full((1,), -math.inf)
-            priors.append(prior)
-            likelihoods.append(likelihood)
-        if len(errors) == position.shape[0]:
-            raise errors[0]
-        self.num_nonfinite += len(errors)
-        return torch.cat(priors), torch.cat(likelihoods)
 
     # What the samplers call.
 
@@ -339,7 +346,10 @@ class ModelDensity:
         sampler): positions ``(n, dim)``, the latent and deterministic sites' values, and
         the observed sites' prior predictive draws, each ``(n, *shape)``."""
         try:
-            trace = self.trace(num_draws)
+            # Where a model computes NaN parameters (at some chains), its predictive draws
+            # are NaN there rather than Pyro's validation error for all chains.
+            with pyro.validation_enabled(False):
+                trace = self.trace(num_draws)
         except _SHAPE_ERRORS as e:
             raise self._broadcast_error(num_draws, None, e) from e
         latent = _values(trace, {s.name: s.shape for s in self.sites}, num_draws)
@@ -432,10 +442,24 @@ class ModelDensity:
         seen = set(tracer.msngr.trace.nodes)
         order = list(_call(self.reparam_model, self.args, self.kwargs).nodes)
         site = next((n for n in order if n not in seen), order[-1])
+        first_line = (str(error).splitlines() or [""])[0]  # not Pyro's table of trace shapes
         return ValueError(
             f"the model does not broadcast over chains at site '{site}': run for "
-            f"{num_chains} chains at once it raised {type(error).__name__}: {error}. " + _FIX
+            f"{num_chains} chains at once it raised {type(error).__name__}: {first_line}. " + _FIX
         )
+
+
+class _Uncondition(UnconditionMessenger):
+    """``poutine.uncondition`` of the observed sites ``names`` only: deterministic sites
+    (and a FlowEBM's data site) keep the value computed from the latent ones."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] in self.names:
+            super()._pyro_sample(msg)
 
 
 # What a model that does not broadcast over chains raises.
@@ -454,6 +478,12 @@ def _values(trace: Trace, shapes: Mapping[str, torch.Size], n: int) -> dict[str,
         value = trace.nodes[name]["value"]
         if value.numel() == shape.numel():  # the same for every chain
             value = value.expand(n, *value.shape)
+        if value.numel() != n * shape.numel():
+            raise ValueError(
+                f"the model does not broadcast over chains at site '{name}': run for {n} "
+                f"chains at once its value has shape {tuple(value.shape)}, expected {n} "
+                f"values of shape {tuple(shape)}. " + _FIX
+            )
         out[name] = value.reshape(n, *shape)
     return out
 

@@ -178,6 +178,7 @@ def _smc(
         raise ValueError(
             "expected a finite log density at some prior draw, got none among the first "
             f"{len(finite)}: the likelihood is zero (or NaN) wherever the prior puts mass"
+            + _last_error(density)
         )
     base, likelihood = density.split_potential()
     kernel = HMC(0.3, 5, target_accept_prob=0.7)
@@ -202,6 +203,11 @@ def _smc(
     return result.position.reshape(num_chains, -1, density.dim), {}, attrs
 
 
+def _last_error(density: ModelDensity) -> str:
+    error = density.last_error
+    return "" if error is None else f"; the model raised {(str(error).splitlines() or [''])[0]}"
+
+
 def _chains(
     density: ModelDensity,
     kernel: Kernel,
@@ -217,7 +223,7 @@ def _chains(
     if len(finite) < num_chains:
         raise ValueError(
             f"expected {num_chains} prior draws with a finite posterior density to start "
-            f"the chains from, got {len(finite)} of {len(prior)}"
+            f"the chains from, got {len(finite)} of {len(prior)}" + _last_error(density)
         )
     idata = run_chains(
         density.potential,
