@@ -240,6 +240,24 @@ def test_chains_where_the_model_fails_are_rejected_and_counted(validation: bool)
     assert float(idata.posterior["mu"].max()) <= 1.5
 
 
+def test_validation_is_applied_chain_by_chain():
+    """Pyro's validation refuses a negative Gamma concentration, where torch would still
+    compute a number: that chain alone is rejected, in one run of the batch."""
+
+    def gamma_of_mu(y: Tensor) -> None:
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Gamma(mu, 1.0), obs=y)
+
+    density = ModelDensity(gamma_of_mu, (torch.tensor(1.5),))
+    position = torch.tensor([[-0.5], [0.5], [2.0], [-3.0]])
+    with pyro.validation_enabled(True):
+        _, likelihood = density.log_densities(position)
+    assert density.num_nonfinite == 2 and density.last_error is None
+    assert torch.isneginf(likelihood[[0, 3]]).all()
+    expected = dist.Gamma(position[[1, 2], 0], 1.0).log_prob(torch.tensor(1.5))
+    assert torch.allclose(likelihood[[1, 2]], expected)
+
+
 def test_a_model_that_fails_at_every_chain_raises():
     def always_nan(y: Tensor) -> None:
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))

@@ -21,7 +21,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions.util import is_validation_enabled, scale_and_mask
 from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
@@ -273,29 +273,46 @@ class ModelDensity:
     def site_log_probs(self, position: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """Each latent and observed site's log density per chain ``(C,)``, from one run of
         the model over all chains, and the log-Jacobian ``(C,)``."""
+        per_site, log_det, _ = self._run(position, check_values=False)
+        return per_site, log_det
+
+    def _run(
+        self, position: Tensor, check_values: bool
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        """:meth:`site_log_probs`; with ``check_values``, the model runs without Pyro's
+        validation (which would raise for the whole batch) and each chain is validated on
+        its own afterwards: ``(C,)``, true where every distribution's arguments and every
+        sampled value satisfy their constraints, as Pyro's validation requires."""
         c = position.shape[0]
         values, log_det = self.unpack(position)
-        trace = self.trace(c, values)
+        if check_values:
+            with pyro.validation_enabled(False):
+                trace = self.trace(c, values)
+        else:
+            trace = self.trace(c, values)
         wanted = {site.name for site in self.sites} | set(self.observed)
         out = {}
         for name, site in trace.nodes.items():
             if name in wanted:
                 out[name] = self._site_log_prob(site, c).reshape(c, -1).sum(-1)
-        return out, log_det
+        valid = _valid_chains(trace, wanted, c, self.nesting) if check_values else None
+        return out, log_det, valid
 
     def log_densities(self, position: Tensor) -> tuple[Tensor, Tensor]:
         r"""Log prior and log likelihood per chain, ``(C,)`` each, for positions ``(C, dim)``.
 
         The log prior includes the log-Jacobian of the unconstrained transforms, so
         :math:`-(\text{prior} + \text{likelihood})` is the potential the chains move on. A
-        chain where the model returns NaN, or raises a ``ValueError`` (Pyro's argument
-        validation), gets :math:`-\infty` (a rejected proposal), is counted in
-        ``num_nonfinite``, and the error is kept in ``last_error``; the other chains are
-        untouched: a batch that raises is run half by half, so the few chains that fail
-        are found in a logarithmic number of runs.
+        chain where the model returns NaN, or where Pyro's validation (when enabled) would
+        refuse a distribution's arguments or a value, gets :math:`-\infty` (a rejected
+        proposal) and is counted in ``num_nonfinite``; the other chains are untouched. The
+        batch runs once without validation and each chain is validated afterwards; a
+        batch where the model itself raises a ``ValueError`` is run half by half, so the
+        few chains that fail are found in a logarithmic number of runs (the error is kept
+        in ``last_error``).
         """
         try:
-            per_site, log_det = self.site_log_probs(position)
+            per_site, log_det, valid = self._run(position, is_validation_enabled())
         except ValueError as e:
             self.last_error = e
             n = position.shape[0]
@@ -310,6 +327,10 @@ class ModelDensity:
             return torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])
         prior = log_det + sum(per_site[s.name] for s in self.sites)
         likelihood = sum((per_site[n] for n in self.observed), position.new_zeros(len(log_det)))
+        if valid is not None and not bool(valid.all()):
+            self.num_nonfinite += int((~valid).sum())
+            prior = torch.where(valid, prior, -math.inf)
+            likelihood = torch.where(valid, likelihood, -math.inf)
         return self._guard(prior), self._guard(likelihood)
 
     def _guard(self, log_density: Tensor) -> Tensor:
@@ -447,6 +468,38 @@ class ModelDensity:
             f"the model does not broadcast over chains at site '{site}': run for "
             f"{num_chains} chains at once it raised {type(error).__name__}: {first_line}. " + _FIX
         )
+
+
+def _valid_chains(trace: Trace, names: set[str], num_chains: int, nesting: int) -> Tensor:
+    """Per chain ``(C,)``: the sites ``names`` have distribution arguments and values that
+    satisfy their constraints (what Pyro's validation checks, chain by chain)."""
+    valid = torch.ones(num_chains, dtype=torch.bool)
+    for name in names:
+        site = trace.nodes[name]
+        fn, event = site["fn"], 0
+        valid &= _per_chain(fn.support.check(site["value"]), num_chains, nesting, 0)
+        while fn is not None:
+            try:
+                constraints = fn.arg_constraints
+            except NotImplementedError:  # a distribution that declares none
+                constraints = {}
+            for arg, constraint in constraints.items():
+                if arg in vars(fn):  # lazily computed arguments are not validated either
+                    ok = constraint.check(vars(fn)[arg])
+                    valid &= _per_chain(ok, num_chains, nesting, event)
+            event += getattr(fn, "reinterpreted_batch_ndims", 0)
+            fn = getattr(fn, "base_dist", None)
+    return valid
+
+
+def _per_chain(ok: Tensor, num_chains: int, nesting: int, event: int) -> Tensor:
+    """A constraint's check over a site's batch, ``event`` dims of it reinterpreted, reduced
+    to ``(C,)`` along the chain dimension (at ``-(nesting + 1)`` of the site's batch)."""
+    ok = torch.as_tensor(ok, dtype=torch.bool)
+    axis = ok.dim() - event - (nesting + 1)
+    if axis < 0 or ok.shape[axis] == 1:  # the same for every chain
+        return ok.all().expand(num_chains)
+    return ok.movedim(axis, 0).reshape(num_chains, -1).all(-1)
 
 
 class _Uncondition(UnconditionMessenger):
