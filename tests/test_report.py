@@ -14,6 +14,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from pyro_flowebm.app import report_run
 from pyro_flowebm.app.cli import main
 from pyro_flowebm.datasets import eight_gaussians_modes
 from pyro_flowebm.diagnostics import (
@@ -343,6 +344,115 @@ def test_bad_compare_and_modes_exit_2(tmp_path, capsys):
 def test_help_names_every_flag(capsys):
     assert main(["report", "--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("RUN_DIR_OR_NETCDF", "--compare", "--out", "--modes", "--strict"):
+    for flag in ("RUN_DIR_OR_NETCDF", "--compare", "--out", "--modes", "--var-names", "--strict"):
         assert flag in text
     assert re.search(r"verdict: false\s+convergence", text)
+
+
+# ----------------------------------------------------------------------------- var_names
+
+MU, THETA = 0.5, np.array([-1.0, 0.0, 2.0])
+
+
+def posterior_style(seed: int = 0, n_chains: int = 4, n_draws: int = 200, **attrs):
+    """InferenceData shaped like ``infer.sample_posterior``'s: a scalar, a 3-vector, a
+    FlowEBM-like ``x``/``x_latent`` pair, ``lp`` and ``acceptance_rate``, the likelihood,
+    the data and the evidence; independent draws of known means."""
+    rng = np.random.default_rng(seed)
+    size = (n_chains, n_draws)
+    posterior = {
+        "mu": MU + rng.normal(size=size),
+        "theta": THETA + rng.normal(size=(*size, 3)),
+        "x": rng.normal(size=(*size, 2)),
+        "x_latent": rng.normal(size=(*size, 2)),
+    }
+    stats = {"lp": rng.normal(size=size), "acceptance_rate": rng.random(size)}
+    attrs = {"method": "smc", "log_evidence": -3.2, "log_evidence_stderr": 0.02, **attrs}
+    return to_inference_data(
+        posterior, stats, attrs={"seed": seed, **attrs},
+        log_likelihood={"y": rng.normal(size=(*size, 5))}, observed_data={"y": np.ones(5)},
+        prior={"mu": rng.normal(size=(1, 100))},
+    )  # fmt: skip
+
+
+def summary_rows(html: Path) -> list[str]:
+    """Row names of the first table of the page: the ArviZ summary."""
+    text = html.read_text(encoding="utf-8")
+    table = text[text.index("<table>") : text.index("</table>")]
+    return [unescape(name) for name in re.findall(r"<tr><th>([^<]+)</th><td", table)]
+
+
+def test_var_names_picks_the_variables_of_the_table_and_the_plots(tmp_path):
+    path = tmp_path / "posterior.nc"
+    write_netcdf(posterior_style(), path)
+    out = tmp_path / "r.html"
+    assert main(["report", str(path), "--out", str(out), "--var-names", "mu", "theta"]) == 0
+    assert summary_rows(out) == ["mu", "theta[0]", "theta[1]", "theta[2]"]
+    text = unescape(out.read_text(encoding="utf-8"))
+    assert "Variables chosen with var_names (--var-names): mu, theta." in text
+    assert "x_latent" not in text and "x[0]" not in text
+    # x is not chosen: no chains-over-data picture of it; trace, rank, autocorrelation remain.
+    assert "not among var_names: no picture of it" in text
+    assert len(decoded_images(parse(out))) == 3
+
+
+def test_a_posterior_file_with_scalars_and_vectors_and_no_x_reports(tmp_path):
+    """sample_posterior's groups, no variable x: the table is ArviZ's summary of the draws."""
+    idata = posterior_style(n_draws=400)
+    del idata.posterior["x"], idata.posterior["x_latent"]
+    path = tmp_path / "posterior.nc"
+    write_netcdf(idata, path)
+    result = report(path, tmp_path / "r.html")  # without var_names: every variable
+    page = parse(result.html)
+    assert page.h2 == SECTIONS
+    assert summary_rows(result.html) == ["mu", "theta[0]", "theta[1]", "theta[2]"]
+    assert len(decoded_images(page)) == 3  # trace, rank, autocorrelation
+    assert result.verdict.label == MIXING
+    table = mixing_summary(idata).table
+    # Independent draws of known means: each mean is within its Monte Carlo error (p = 0.01).
+    z = np.abs(table["mean"].to_numpy() - np.array([MU, *THETA])) / table["mcse_mean"].to_numpy()
+    assert z.max() < 2.576, z
+    text = unescape(result.html.read_text(encoding="utf-8"))
+    assert "No 2-D posterior 'x'" in text and "No sample_stats 'energy'" in text
+    lp = idata.sample_stats["lp"].to_numpy()
+    assert (
+        f"<tr><th>lp</th><td>{lp.mean():.3f}</td><td>{lp.std():.3f}</td>"
+        f"<td>{lp.min():.3f}</td><td>{lp.max():.3f}</td></tr>"
+    ) in text
+
+
+def test_the_evidence_of_the_attrs_is_on_the_page_and_in_the_summary(tmp_path):
+    result = report(posterior_style(), tmp_path / "r.html", var_names="mu")
+    line = "log evidence: -3.200 ± 0.020 (method smc)"
+    assert f"<p>L{line[1:]}.</p>" in result.html.read_text(encoding="utf-8")
+    assert f"- {line}" in result.markdown.read_text(encoding="utf-8").splitlines()
+    nan = posterior_style(log_evidence=float("nan"), method="hmc")  # chains: no evidence
+    chains = report(nan, tmp_path / "h.html", var_names=["mu"])
+    assert "- log evidence: not estimated (method hmc)" in chains.markdown.read_text("utf-8")
+    # A run's own output has no evidence: its summary is as before.
+    plain = report(idata_of(well_mixed(2, 50)), tmp_path / "p.html")
+    assert "evidence" not in plain.markdown.read_text(encoding="utf-8")
+
+
+def test_an_unknown_var_name_exits_2_naming_it_and_the_choices_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "posterior.nc"
+    write_netcdf(posterior_style(), path)
+    out = tmp_path / "r.html"
+    assert main(["report", str(path), "--out", str(out), "--var-names", "mu", "nope"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("pyro-flowebm report: error: expected --var-names")
+    assert "unknown 'nope'" in line and "available: mu, theta, x, x_latent" in line
+    assert not out.exists() and not out.with_suffix(".md").exists()
+
+
+def test_var_names_pass_through_report_run_and_mode_coverage_stays_on_var_name(tmp_path):
+    """Chains in two of eight modes, and a second variable z that mixes: choosing z alone
+    still checks the modes of x (false convergence), without drawing x."""
+    z = np.random.default_rng(3).normal(size=(4, 200, 2))
+    idata = to_inference_data({"x": chains(same_subset(4, 200), 0)["x"], "z": z})
+    result = report_run(idata, tmp_path / "r.html", modes=MODES, var_names=["z"])
+    assert summary_rows(result.html) == ["z[0]", "z[1]"]
+    assert result.verdict.label == FALSE_CONVERGENCE
+    with pytest.raises(ValueError, match=r"unknown 'w'; available: x, z"):
+        report_run(idata, tmp_path / "w.html", var_names=["z", "w"])
+    assert not (tmp_path / "w.html").exists()

@@ -267,6 +267,12 @@ def _report_parser(commands: Any) -> None:
         "modes of a run's built-in mixture)",
     )  # fmt: skip
     report.add_argument(
+        "--var-names", nargs="+", default=None, metavar="NAME",
+        help="posterior variables in the summary table and the trace, rank and "
+        "autocorrelation plots, as ArviZ's var_names (exact names; default: every posterior "
+        "variable)",
+    )  # fmt: skip
+    report.add_argument(
         "--strict", action="store_true",
         help=f"exit with code {EXIT_NOT_MIXING} unless the verdict is `mixing`",
     )  # fmt: skip
@@ -345,7 +351,10 @@ def _report(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise _UsageError(f"expected an .html file for --out, got {args.out}")
     try:
-        result = report_run(args.source, args.out, compare=args.compare, modes=args.modes)
+        result = report_run(
+            args.source, args.out, compare=args.compare, modes=args.modes,
+            var_names=args.var_names,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         raise _UsageError(str(e)) from e
     print(result.verdict)

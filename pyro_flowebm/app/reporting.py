@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def report_run(
     *,
     modes: Any = None,
     var_name: str = "x",
+    var_names: str | Sequence[str] | None = None,
 ) -> Report:
     """:func:`~pyro_flowebm.diagnostics.report` of run directories and NetCDF files.
 
@@ -79,7 +81,9 @@ def report_run(
     that file), its training data under the chains, the exact density and modes of a
     built-in toy, and the learned density. Anything else goes to
     :func:`~pyro_flowebm.diagnostics.report` as it is. ``modes`` given here take precedence
-    over a toy's.
+    over a toy's. ``var_names`` picks the posterior variables of the table and the trace,
+    rank and autocorrelation plots (default: all, as for a run's own ``samples.nc``); a name
+    that is not a posterior variable is a ``ValueError`` before anything is written.
 
     Example:
         >>> import tempfile
@@ -94,4 +98,4 @@ def report_run(
     if compare is not None:
         runs.append(_input(compare, "--compare", modes is None))
     return report(runs[0], out, runs[1] if compare is not None else None, modes=modes,
-                  var_name=var_name)  # fmt: skip
+                  var_name=var_name, var_names=var_names)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ import torch
 from ..core import __version__, to_numpy
 from ..datasets import load_file
 from ..io import arviz, read_netcdf, write_text
-from .sections import RunView, quiet_stats, sections
+from .sections import RunView, evidence_text, quiet_stats, sections
 from .summary import mixing_summary
 from .verdict import MIXING, Verdict, num_text, per_chain_text, verdict
 
@@ -122,7 +122,27 @@ def _modes(given: Any) -> tuple[np.ndarray | None, str | None]:
     return to_numpy(given).astype(np.float64), "given"
 
 
-def _view(given: ReportInput, modes: Any, var_name: str) -> RunView:
+def _chosen(
+    idata: InferenceData, var_names: str | Sequence[str] | None, source: str
+) -> list[str] | None:
+    """The posterior variables ``var_names`` names, each checked; ``None`` for all."""
+    if var_names is None:
+        return None
+    chosen = list(dict.fromkeys([var_names] if isinstance(var_names, str) else var_names))
+    available = [str(name) for name in idata.posterior.data_vars]
+    unknown = [name for name in chosen if name not in available]
+    if unknown or not chosen:
+        got = f"unknown {', '.join(map(repr, unknown))}" if unknown else "no name"
+        raise ValueError(
+            f"expected --var-names (var_names) to name posterior variables of {source}, got "
+            f"{got}; available: {', '.join(available)}"
+        )
+    return chosen
+
+
+def _view(
+    given: ReportInput, modes: Any, var_name: str, var_names: str | Sequence[str] | None
+) -> RunView:
     """Check one input and summarize it: its summary and verdict."""
     idata = given.idata
     if "posterior" not in idata.groups():
@@ -130,12 +150,14 @@ def _view(given: ReportInput, modes: Any, var_name: str) -> RunView:
             f"expected a run with a posterior group, got groups {list(idata.groups())} in "
             f"{given.source}"
         )
+    chosen = _chosen(idata, var_names, given.source)
     centres, modes_from = _modes(given.modes)
     if centres is None:
         centres, modes_from = _modes(modes)
     modes_from = given.modes_from or modes_from
     data = None if given.data is None else to_numpy(given.data)
     run = RunView(idata, given.name, given.source, centres, modes_from, data, given.log_densities)
+    run.var_names = chosen
     run.notes.extend(given.notes)
     if centres is not None:
         names = list(idata.posterior.data_vars)
@@ -153,7 +175,7 @@ def _view(given: ReportInput, modes: Any, var_name: str) -> RunView:
                     f"(chain, draw, d), got modes {tuple(centres.shape)} and {tuple(shape)}"
                 )
     with quiet_stats():
-        run.summary = mixing_summary(idata, centres, var_name=var_name)
+        run.summary = mixing_summary(idata, centres, var_name=var_name, var_names=chosen)
     run.verdict = verdict(run.summary, num_chains=idata.posterior.sizes["chain"])
     return run
 
@@ -200,6 +222,9 @@ def _markdown(runs: list[RunView], comparison: str | None, html_path: Path, seco
     for run in runs:
         lines += [f"## {run.name}", "", f"- {run.verdict}"]
         lines += [f"- {reason}" for reason in run.verdict.reasons]
+        evidence = evidence_text(run.idata)
+        if evidence is not None:
+            lines.append(f"- {evidence}")
         s = run.summary
         if s.occupancy is not None:
             lines += [
@@ -243,15 +268,19 @@ def report(
     *,
     modes: Any = None,
     var_name: str = "x",
+    var_names: str | Sequence[str] | None = None,
 ) -> Report:
     """Write the mixing report: one self-contained HTML page and a Markdown summary.
 
     The page holds the verdict (:func:`~pyro_flowebm.diagnostics.verdict`), ArviZ's summary
-    table with flagged cells (R-hat above 1.01, bulk or tail ESS below 100 per chain), mode
-    coverage when modes are known (an image of every chain's occupancy of every mode, and
-    a table for a few chains), the chains over the data for a 2-D ``var_name``, ArviZ's
-    trace (divergences marked), rank, autocorrelation and energy plots with BFMI, and the
-    sampler settings, seed and versions. Images are PNGs embedded as base64, so the file
+    table of the variables ``var_names`` with flagged cells (R-hat above 1.01, bulk or tail
+    ESS below 100 per chain), the mean, sd, min and max of every sample stat, the attrs'
+    ``log_evidence ± log_evidence_stderr`` where there is one (e.g. from
+    :func:`~pyro_flowebm.infer.sample_posterior`), mode coverage when modes are known (an
+    image of every chain's occupancy of every mode, and a table for a few chains), the
+    chains over the data for a 2-D ``var_name``, ArviZ's trace (divergences marked), rank
+    and autocorrelation plots of ``var_names``, energy plots with BFMI, and the sampler
+    settings, seed and versions. Images are PNGs embedded as base64, so the file
     stands alone; the page is rendered from a Jinja2 template that escapes every value.
     Sections whose data is missing (no sample_stats, no modes) are replaced by a one-line
     note. The Markdown summary is written beside the page (``out`` with suffix ``.md``);
@@ -269,6 +298,9 @@ def report(
         modes: Known mode centres ``(K, d)``: an array, or a ``.npy``/``.csv``/``.pt`` file,
             for the runs whose input names none.
         var_name: Posterior variable compared with the modes and drawn over the data.
+        var_names: Posterior variables in the table and the trace, rank and autocorrelation
+            plots, as ArviZ's ``var_names`` but exact names only (default: all). The verdict
+            reads their R-hats; mode coverage is always of ``var_name``.
 
     Returns:
         A :class:`Report` with the verdicts, the paths written and the build time.
@@ -276,7 +308,8 @@ def report(
     Raises:
         FileNotFoundError: a path that does not exist.
         ValueError: a file that is not an ArviZ NetCDF, a directory, no posterior group,
-            or modes whose dimension does not match ``var_name``.
+            a name in ``var_names`` that is not a posterior variable (before anything is
+            written), or modes whose dimension does not match ``var_name``.
 
     Example:
         >>> import tempfile
@@ -292,7 +325,7 @@ def report(
     inputs = [_input(idata, "the run")]
     if compare is not None:
         inputs.append(_input(compare, "--compare"))
-    runs = [_view(given, modes, var_name) for given in inputs]
+    runs = [_view(given, modes, var_name, var_names) for given in inputs]
     if len(runs) == 2 and runs[0].name == runs[1].name:
         runs[0].name, runs[1].name = f"{runs[0].name} (1)", f"{runs[1].name} (2)"
     comparison = _comparison(runs[0], runs[1]) if compare is not None else None

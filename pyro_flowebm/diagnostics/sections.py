@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -16,13 +17,13 @@ import torch
 
 from ..io import arviz
 from .plots import plot_chains, plot_image_chains, plot_occupancy
-from .summary import RHAT_FLAG, MixingSummary
+from .summary import RHAT_FLAG, MixingSummary, fmt_number
 from .verdict import ESS_PER_CHAIN, FALSE_CONVERGENCE, Verdict, num_text
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["Part", "RunView", "quiet_stats", "sections"]
+__all__ = ["Part", "RunView", "evidence_text", "quiet_stats", "sections"]
 
 # Plots show at most this many chains (a vectorized run has hundreds); the tables use all.
 _MAX_CHAINS_PLOTTED = 8
@@ -32,8 +33,9 @@ _MAX_TABLE_CHAINS = 8
 _MAX_SUBPLOTS = 12
 # Resolution of the embedded PNGs: sharp enough to read, small enough for one HTML file.
 _DPI = 72
-# Kernels without momentum: their 'energy' is the potential.
-_NO_MOMENTUM = ("IndependenceMH", "MALA", "ULA")
+# Kernels without momentum: their 'energy' is the potential (lower case: a run's `sampler`
+# is the kernel's class name, a posterior's `method` the name it was asked for).
+_NO_MOMENTUM = ("independencemh", "mala", "ula")
 
 
 class Part(NamedTuple):
@@ -65,6 +67,7 @@ class RunView:
         data: points drawn under the chains (the training data), or ``None``.
         log_densities: panels of the chains-over-data plot: title to a log density of
             points ``(m, 2)``.
+        var_names: the posterior variables reported (checked names), or ``None`` for all.
         summary: the mixing summary, once computed.
         verdict: the verdict, once computed.
         notes: what could not be shown, and why.
@@ -77,6 +80,7 @@ class RunView:
     modes_from: str | None = None
     data: np.ndarray | None = None
     log_densities: Mapping[str, Callable[[Any], Any] | None] = field(default_factory=dict)
+    var_names: list[str] | None = None
     summary: MixingSummary | None = None
     verdict: Verdict | None = None
     notes: list[str] = field(default_factory=list)
@@ -145,13 +149,74 @@ def _table_cell(run: RunView) -> list[Part]:
             bad = (column == "r_hat" and value > RHAT_FLAG) or (
                 column in ("ess_bulk", "ess_tail") and value < ESS_PER_CHAIN * n_chains
             )
-            cells.append((num_text(value) if abs(value) >= 1e3 else f"{value:.3f}", bad))
+            cells.append((_cell_text(value), bad))
         rows.append(tuple(cells))
     legend = (
         f"Flagged: R-hat > {RHAT_FLAG}; bulk or tail ESS < {ESS_PER_CHAIN} per chain "
         f"({ESS_PER_CHAIN * n_chains} for {n_chains} chains)."
     )
-    return [Part("table", rows=tuple(rows)), Part("text", legend)]
+    parts = [Part("table", rows=tuple(rows)), Part("text", legend)]
+    if run.var_names is not None:
+        chosen = ", ".join(run.var_names)
+        parts.insert(0, Part("note", f"Variables chosen with var_names (--var-names): {chosen}."))
+    evidence = evidence_text(run.idata)
+    if evidence is not None:
+        parts.append(Part("text", evidence[:1].upper() + evidence[1:] + "."))
+    return parts + _sample_stats_parts(run.idata)
+
+
+def _cell_text(value: float) -> str:
+    return num_text(value) if abs(value) >= 1e3 else f"{value:.3f}"
+
+
+def _float(value: Any) -> float:
+    """An attribute as a float; NaN where it is none (``"none"``, text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def evidence_text(idata: InferenceData) -> str | None:
+    """``log evidence: L ± s`` from the attrs ``log_evidence`` and ``log_evidence_stderr``
+    (of the posterior group, else of the InferenceData), or ``None`` where there is no
+    ``log_evidence``; a NaN evidence (a method that does not estimate it) is said so.
+
+    Example:
+        >>> from pyro_flowebm.io import to_inference_data
+        >>> attrs = {"log_evidence": -3.2, "log_evidence_stderr": 0.02, "method": "smc"}
+        >>> evidence_text(to_inference_data({"mu": np.zeros((2, 5))}, attrs=attrs))
+        'log evidence: -3.200 ± 0.020 (method smc)'
+    """
+    attrs = {**getattr(idata, "attrs", {}), **idata.posterior.attrs}
+    if "log_evidence" not in attrs:
+        return None
+    method = f" (method {attrs['method']})" if "method" in attrs else ""
+    value, stderr = _float(attrs["log_evidence"]), _float(attrs.get("log_evidence_stderr"))
+    if math.isnan(value):
+        return f"log evidence: not estimated{method}"
+    if not math.isfinite(stderr):
+        return f"log evidence: {fmt_number(value)}, standard error not estimated{method}"
+    return f"log evidence: {fmt_number(value)} ± {fmt_number(stderr)}{method}"
+
+
+def _sample_stats_parts(idata: InferenceData) -> list[Part]:
+    """Mean, sd, min and max of every numeric sample stat over all chains and draws."""
+    if "sample_stats" not in idata.groups():
+        return [Part("note", "No sample_stats group: no sample stats to show.")]
+    rows = [tuple((c, False) for c in ("sample stat", "mean", "sd", "min", "max"))]
+    for name, stat in idata.sample_stats.data_vars.items():
+        values = stat.to_numpy()
+        if values.size == 0 or not (values.dtype == bool or np.issubdtype(values.dtype, np.number)):
+            continue
+        values = values.astype(np.float64)
+        with quiet_stats():  # an infinite lp makes sd NaN: shown as it is
+            row = [values.mean(), values.std(), values.min(), values.max()]
+        rows.append(((str(name), False), *((_cell_text(float(v)), False) for v in row)))
+    if len(rows) == 1:
+        return [Part("note", "No numeric sample stats.")]
+    text = "Sample stats over all chains and draws (the mean of a yes/no stat is its fraction):"
+    return [Part("text", text), Part("table", rows=tuple(rows))]
 
 
 def _occupancy_table(summary: MixingSummary) -> Part:
@@ -340,13 +405,45 @@ def _energy_cell(run: RunView) -> list[Part]:
             "text", f"BFMI per chain: {shown} (below 0.3 suggests poor exploration of the energy)."
         )  # fmt: skip
     )
-    if str(idata.posterior.attrs.get("sampler", "")) in _NO_MOMENTUM:
+    attrs = idata.posterior.attrs
+    if str(attrs.get("sampler", attrs.get("method", ""))).lower() in _NO_MOMENTUM:
         parts.append(Part("note", "This kernel has no momentum: its 'energy' is the potential."))
     return parts
 
 
+class _Plotted(NamedTuple):
+    """What the trace, rank and autocorrelation plots show, and notes said above them."""
+
+    idata: Any
+    var_names: list[str] | None
+    notes: list[Part]
+
+
+def _var_name_cell(
+    run: RunView, var_name: str, idata_plot: Any
+) -> tuple[tuple[str, list[Part]], _Plotted]:
+    """The section of ``var_name``'s own pictures (image chains, or chains over the data),
+    and what the trace, rank and autocorrelation plots then show."""
+    plotted = _Plotted(idata_plot, run.var_names, [])
+    posterior, chosen = run.idata.posterior, run.var_names
+    if var_name in posterior.data_vars and chosen is not None and var_name not in chosen:
+        note = "The variable compared with the modes is not among var_names: no picture of it."
+        return ("Chains over the data", [Part("note", note)]), plotted
+    if not _is_images(run, var_name):
+        return ("Chains over the data", _chains_over_data_cell(run, var_name, idata_plot)), plotted
+    note = Part(
+        "note", f"Trace, rank and autocorrelation plots show {var_name} at the four central "
+        "pixels of the first channel; the summary table holds every pixel.",
+    )  # fmt: skip
+    # The central pixels hold var_name alone.
+    pixels = _Plotted(_central_pixels(idata_plot, var_name), None, [note])
+    return ("Image chains over time", _image_chains_cell(run, var_name)), pixels
+
+
 def sections(run: RunView, var_name: str) -> list[tuple[str, list[Part]]]:
-    """``(title, parts)`` of every section of one run, in page order."""
+    """``(title, parts)`` of every section of one run, in page order: the table and the
+    plots of the variables ``run.var_names`` (all when ``None``), the pictures and mode
+    coverage of ``var_name``."""
     az = arviz()
     idata = run.idata
     n_chains = idata.posterior.sizes["chain"]
@@ -365,20 +462,16 @@ def sections(run: RunView, var_name: str) -> list[tuple[str, list[Part]]]:
         ("Summary (ArviZ)", _table_cell(run)),
         ("Mode coverage", _modes_cell(run)),
     ]
-    if _is_images(run, var_name):
-        out.append(("Image chains over time", _image_chains_cell(run, var_name)))
-        idata_plot = _central_pixels(idata_plot, var_name)
-        plot_notes.append(
-            Part("note", f"Trace, rank and autocorrelation plots show {var_name} at the four "
-                 "central pixels of the first channel; the summary table holds every pixel.")
-        )  # fmt: skip
-    else:
-        out.append(("Chains over the data", _chains_over_data_cell(run, var_name, idata_plot)))
+    own, plotted = _var_name_cell(run, var_name, idata_plot)
+    out.append(own)
+    plot_notes += plotted.notes
+    idata_plot, chosen = plotted.idata, plotted.var_names
     stats = idata.sample_stats if "sample_stats" in idata.groups() else None
-    trace = _plot(lambda: az.plot_trace(idata_plot, compact=True))
+    trace = _plot(lambda: az.plot_trace(idata_plot, var_names=chosen, compact=True))
     out.append(("Trace", [*plot_notes, *trace, _divergence_part(stats)]))
-    out.append(("Rank plots", [*plot_notes, *_plot(lambda: az.plot_rank(idata_plot))]))
-    autocorr = _plot(lambda: az.plot_autocorr(idata_plot, combined=True))
+    rank = _plot(lambda: az.plot_rank(idata_plot, var_names=chosen))
+    out.append(("Rank plots", [*plot_notes, *rank]))
+    autocorr = _plot(lambda: az.plot_autocorr(idata_plot, var_names=chosen, combined=True))
     out.append(("Autocorrelation", [*plot_notes, *autocorr]))
     out.append(("Energy and BFMI", _energy_cell(run)))
     out.append(("Settings and reproducibility", _settings_cell(run)))
