@@ -454,3 +454,21 @@ def test_posterior_data_turns_a_pyro_mcmc_run_into_the_same_groups():
     assert "x" not in idata.observed_data
     with pytest.raises(ValueError, match=r"missing \['x_latent'\]"):
         posterior_data(flowebm_model, {"x": samples["x_latent"]}, (y, case.ebm))
+
+
+def test_a_float32_prior_beside_float64_sites_keeps_each_dtype():
+    with torch.random.fork_rng():
+        torch.set_default_dtype(torch.float32)
+        case = GaussianCase()
+        torch.set_default_dtype(torch.float64)
+
+    def model(y: Tensor) -> None:
+        x = pyro.sample("x", case.ebm)
+        s = pyro.sample("s", dist.LogNormal(0.0, 0.3))
+        with pyro.plate("obs", y.shape[-1]):
+            pyro.sample("y", dist.Normal(x[..., 0], s), obs=y)
+
+    y = torch.tensor([0.5, 0.7])
+    idata = sample_posterior(model, (y,), num_chains=2, num_samples=40, seed=0, progress_bar=False)
+    assert str(idata.posterior["x"].dtype) == "float32"
+    assert str(idata.posterior["s"].dtype) == "float64"

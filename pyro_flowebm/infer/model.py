@@ -53,6 +53,7 @@ class LatentSite:
             FlowEBM's latent variable).
         unconstrained_shape: the shape the chains move in, without the chains.
         data_name: for a FlowEBM's latent site, the name of its data-space site.
+        dtype: its values' dtype (a float32 flow beside float64 sites gets float32).
     """
 
     name: str
@@ -61,6 +62,7 @@ class LatentSite:
     transform: Transform
     unconstrained_shape: torch.Size
     data_name: str | None = None
+    dtype: torch.dtype = torch.float32
 
     @property
     def size(self) -> int:
@@ -217,6 +219,7 @@ class ModelDensity:
             transform=transform,
             unconstrained_shape=transform.inv(value).shape,
             data_name=data_name if data_name in flowebm else None,
+            dtype=value.dtype,
         )
 
     # Positions and site values.
@@ -228,6 +231,7 @@ class ModelDensity:
         values, log_det, start = {}, position.new_zeros(c), 0
         for site in self.sites:
             u = position[:, start : start + site.size].reshape(c, *site.unconstrained_shape)
+            u = u.to(site.dtype)
             start += site.size
             x = site.transform(u)
             log_det = log_det + site.transform.log_abs_det_jacobian(u, x).reshape(c, -1).sum(-1)
