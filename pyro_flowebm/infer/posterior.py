@@ -38,6 +38,11 @@ __all__ = ["METHODS", "posterior_data", "sample_posterior"]
 
 # Positions evaluated per run of the model when the draws are turned into site values.
 _BATCH = 4096
+# SMC: kernel steps per temperature, the conditional ESS each temperature step keeps, and
+# the moves after the last resampling unless warmup_steps says otherwise.
+_SMC_MOVES = 4
+_SMC_TARGET_ESS = 0.9
+_SMC_FINAL_MOVES = 10
 
 
 def _kernel(method: str) -> Kernel:
@@ -182,9 +187,13 @@ def _smc(
         )
     base, likelihood = density.split_potential()
     kernel = HMC(0.3, 5, target_accept_prob=0.7)
-    moves = 10 if moves is None else moves
+    settings = {
+        "num_moves": _SMC_MOVES,
+        "target_ess": _SMC_TARGET_ESS,
+        "final_moves": _SMC_FINAL_MOVES if moves is None else moves,
+    }
     result = anneal(
-        init, base, likelihood, kernel, num_groups=num_chains, final_moves=moves, progress_bar=bar
+        init, base, likelihood, kernel, num_groups=num_chains, progress_bar=bar, **settings
     )
     group = result.group_log_z
     k = group.shape[0]
@@ -193,9 +202,7 @@ def _smc(
         "method": "smc",
         "log_evidence": float(log_mean_exp(group)),
         "log_evidence_stderr": float(r.std() / (math.sqrt(k) * r.mean())) if k > 1 else math.nan,
-        "settings": json.dumps(
-            {"kernel": kernel.settings(), "num_moves": 4, "target_ess": 0.9, "final_moves": moves}
-        ),
+        "settings": json.dumps({"kernel": kernel.settings(), **settings}),
         "betas": json.dumps(result.betas),
         "stage_acceptance": json.dumps(result.acceptance),
         "num_grad_evals": result.num_grad_evals,
