@@ -472,3 +472,23 @@ def test_a_float32_prior_beside_float64_sites_keeps_each_dtype():
     idata = sample_posterior(model, (y,), num_chains=2, num_samples=40, seed=0, progress_bar=False)
     assert str(idata.posterior["x"].dtype) == "float32"
     assert str(idata.posterior["s"].dtype) == "float64"
+
+
+def test_the_flow_runs_once_per_evaluation_of_all_chains(monkeypatch):
+    """FlowEBMReparam's x = g(z) is reused by the latent log density, also when the chain
+    plate expands the site's distribution in between."""
+    from pyro_flowebm.flows.transform import NormflowsTransform
+
+    runs = []
+    original = NormflowsTransform._run
+
+    def counted(self, *args, **kwargs):
+        runs.append(1)
+        return original(self, *args, **kwargs)
+
+    case = GaussianCase()
+    density = ModelDensity(flowebm_model, (torch.tensor([1.0, -1.0]), case.ebm))
+    position = torch.randn(64, 2)
+    monkeypatch.setattr(NormflowsTransform, "_run", counted)
+    density.potential(position)
+    assert len(runs) == 1

@@ -390,7 +390,9 @@ class LatentFlowEBM(TorchDistribution):
 
     def __init__(self, ebm: FlowEBM, validate_args: bool | None = None) -> None:
         self.ebm = ebm
-        self._pushed: tuple[Tensor, Tensor] | None = None
+        # One slot shared with every expanded copy: Pyro's plates expand the site's
+        # distribution after FlowEBMReparam drew from it and before log_prob is asked.
+        self._pushed: list[tuple[Tensor, Tensor] | None] = [None]
         super().__init__(ebm.batch_shape, ebm.event_shape, validate_args=validate_args)
 
     @property
@@ -403,7 +405,7 @@ class LatentFlowEBM(TorchDistribution):
         new = self._get_checked_instance(LatentFlowEBM, _instance)
         batch_shape = torch.Size(batch_shape)
         new.ebm = self.ebm.expand(batch_shape)
-        new._pushed = None
+        new._pushed = self._pushed
         super(LatentFlowEBM, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -412,11 +414,11 @@ class LatentFlowEBM(TorchDistribution):
         """Keep :math:`x = g(z)` of the value ``z`` (the same tensor object), so that
         ``log_prob(z)`` skips a second flow pass: what :class:`~pyro_flowebm.FlowEBMReparam`
         does for the value it draws."""
-        self._pushed = (z, x)
+        self._pushed[0] = (z, x)
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""Unnormalized latent log density :math:`-\tfrac12|z|^2 - E(g(z))`."""
-        pushed = self._pushed
+        pushed = self._pushed[0]
         if pushed is not None and pushed[0] is value:
             check_event_shape(value, self.event_shape, "z")
             return -self.ebm._potential_at(value, pushed[1])
