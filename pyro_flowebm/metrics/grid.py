@@ -90,6 +90,8 @@ def grid_posterior(
     log_likelihood: Callable[[Tensor], Tensor] | None = None,
     boxes: Sequence[Sequence[float]] = ((-_PRIOR_HALF_WIDTH, _PRIOR_HALF_WIDTH) * 2,),
     num: int = _PRIOR_POINTS,
+    *,
+    log_z: float | None = None,
 ) -> GridPosterior:
     r"""The posterior of a 2-D FlowEBM prior under a likelihood, by Riemann sums: the truth
     that samplers are tested against.
@@ -105,6 +107,8 @@ def grid_posterior(
             ``None``: the prior itself.
         boxes: ``(xmin, xmax, ymin, ymax)`` regions, not overlapping.
         num: points a side of each box.
+        log_z: the prior's :math:`\log Z` from an earlier call (``GridPosterior.log_z``),
+            to skip its sum.
 
     Example:
         >>> from pyro_flowebm import FlowEBM, flow_backbone, flows
@@ -120,8 +124,9 @@ def grid_posterior(
     if tuple(ebm.event_shape) != (2,):
         raise ValueError(f"expected a FlowEBM with event shape (2,), got {tuple(ebm.event_shape)}")
     check_int("num", num, 2)
-    points, log_area = _grid((-_PRIOR_HALF_WIDTH, _PRIOR_HALF_WIDTH) * 2, _PRIOR_POINTS)
-    log_z = float(torch.logsumexp(_log_density(ebm, points, None), 0)) + log_area
+    if log_z is None:
+        points, log_area = _grid((-_PRIOR_HALF_WIDTH, _PRIOR_HALF_WIDTH) * 2, _PRIOR_POINTS)
+        log_z = float(torch.logsumexp(_log_density(ebm, points, None), 0)) + log_area
     parts, log_masses = [], []
     for box in boxes:
         points, log_area = _grid(box, num)
