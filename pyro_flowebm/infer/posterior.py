@@ -92,7 +92,10 @@ def sample_posterior(
     - ``"hmc"``, ``"mala"``, ``"chees"``, or any :mod:`pyro_flowebm.infer` kernel: that
       kernel by :func:`~pyro_flowebm.infer.run_chains` on the posterior, ``num_chains``
       chains started at prior draws, ``warmup_steps`` (default ``num_samples``) adaptation
-      steps. No evidence (``NaN``): chains do not estimate it.
+      steps. No evidence (``NaN``): chains do not estimate it. Like every local sampler
+      they do not move weight between posterior modes: on a multimodal posterior the
+      share of chains in each mode is where their starts and the flow's geometry sent
+      them (R-hat flags it), so a mode probability needs ``"smc"``.
 
     A chain whose model run returns NaN or raises a ``ValueError`` (Pyro's validation) is a
     rejected proposal (SMC: a particle of weight zero), counted in the attribute
