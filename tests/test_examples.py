@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,13 @@ SMALL_ARGS = {
         "--backbone-steps", "30", "--steps", "2", "--num-chains", "2", "--num-samples", "40",
         "--grid-points", "61", "--no-progress",
     ],
+    "posterior_digits.py": [
+        "--backbone-layers", "1", "--backbone-hidden", "8", "--energy-layers", "2",
+        "--energy-hidden", "8", "--backbone-steps", "20", "--steps", "2", "--batch-size", "32",
+        "--mcmc-steps", "1", "--num-digits", "2", "--num-chains", "2", "--num-samples", "4",
+        "--warmup-steps", "1", "--inpaint-noise", "0.5", "--denoise-noise", "0.5",
+        "--no-progress",
+    ],
 }  # fmt: skip
 # What each example writes, and a line its output prints.
 OUTPUTS = {
@@ -32,6 +40,10 @@ OUTPUTS = {
         "data-space NUTS",
     ),
     "posterior_2d.py": (["posterior.png", "summary.json", "bimodal.nc", "sharp.nc"], "PSIS-LOO"),
+    "posterior_digits.py": (
+        ["inpainting.png", "denoising.png", "summary.json"],
+        "probe on the clean digits",
+    ),
 }
 
 
@@ -63,6 +75,13 @@ def test_example_runs(name, tmp_path):
         for case in ("bimodal", "sharp"):
             assert set(summary[case]["rows"]) >= {"mean x_0", "P(x_1 > 0)", "log p(y)"}
         assert 0 <= summary["sharp"]["sir_ess_fraction"] <= 1
+    if name == "posterior_digits.py":
+        for task in ("inpainting", "denoising"):
+            for prior in ("ebm", "backbone"):
+                result = summary[task][prior]
+                assert 0 <= result["accuracy"] <= 1
+                assert 0 <= result["class_entropy"] <= math.log(10) + 1e-9
+                assert math.isfinite(result["log_evidence"])
 
 
 def test_example_rejects_bad_arguments(tmp_path):
