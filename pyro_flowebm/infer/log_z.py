@@ -197,12 +197,10 @@ def _smc(
 
 
 def _from_smc(result: SMCResult) -> LogZEstimate:
-    group = result.group_log_z
-    k = group.shape[0]
-    r = (group - group.max()).exp()
-    stderr = float(r.std() / (math.sqrt(k) * r.mean())) if k > 1 else math.nan
+    log_z, stderr = result.log_z()
+    k = result.group_log_z.shape[0]
     return LogZEstimate(
-        log_z=float(log_mean_exp(group)),
+        log_z=log_z,
         stderr=stderr,
         ess=float(kish_ess(result.log_weights)),
         method="smc",

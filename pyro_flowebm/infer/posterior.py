@@ -22,7 +22,6 @@ from torch import Tensor
 
 from .. import __version__
 from ..core import check_int, seeded
-from ..distributions import log_mean_exp
 from ..io import to_inference_data
 from .chains import run_chains
 from .hmc import HMC, MALA
@@ -198,13 +197,11 @@ def _smc(
     result = anneal(
         init, base, likelihood, kernel, num_groups=num_chains, progress_bar=bar, **settings
     )
-    group = result.group_log_z
-    k = group.shape[0]
-    r = (group - group.max()).exp()
+    log_evidence, stderr = result.log_z()
     attrs = {
         "method": "smc",
-        "log_evidence": float(log_mean_exp(group)),
-        "log_evidence_stderr": float(r.std() / (math.sqrt(k) * r.mean())) if k > 1 else math.nan,
+        "log_evidence": log_evidence,
+        "log_evidence_stderr": stderr,
         "settings": json.dumps({"kernel": kernel.settings(), **settings}),
         "betas": json.dumps(result.betas),
         "stage_acceptance": json.dumps(result.acceptance),

@@ -56,6 +56,16 @@ class SMCResult(NamedTuple):
     num_nonfinite: int
     num_grad_evals: int
 
+    def log_z(self) -> tuple[float, float]:
+        """:math:`\\log(Z_1 / Z_0)`, the log of the mean of the groups' unbiased estimates,
+        and its standard error by the delta method over the groups (their spread over
+        :math:`\\sqrt K`; ``NaN`` for one group)."""
+        group = self.group_log_z
+        k = group.shape[0]
+        r = (group - group.max()).exp()
+        stderr = float(r.std() / (math.sqrt(k) * r.mean())) if k > 1 else math.nan
+        return float(torch.logsumexp(group, 0)) - math.log(k), stderr
+
 
 def _conditional_ess(log_w: Tensor, t: Tensor, delta: float) -> Tensor:
     """Mean over groups of the conditional ESS fraction of a step ``delta`` in
