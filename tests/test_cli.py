@@ -18,6 +18,7 @@ import torch
 from pyro_flowebm import load_run
 from pyro_flowebm.app import RunConfig, read_metrics
 from pyro_flowebm.app.cli import main
+from pyro_flowebm.io import load_tensors
 
 # A small, quick run: the numbers are about the machinery, not the model's quality.
 SMALL = [
@@ -40,7 +41,7 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint = load_tensors(run / "checkpoint.pt")
     return {
         **{f"energy.{k}": v for k, v in checkpoint["energy"].items()},
         **{f"backbone.{k}": v for k, v in checkpoint["backbone"].items()},
@@ -74,7 +75,7 @@ def test_a_run_killed_mid_training_and_resumed_ends_with_the_same_weights(tmp_pa
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    checkpoint = torch.load(killed / "checkpoint.pt", weights_only=True)
+    checkpoint = load_tensors(killed / "checkpoint.pt")
     assert checkpoint["phase"] == "ebm" and 40 <= checkpoint["trainer"]["step"] < 150
 
     resumed = cli(*args, "--out", str(killed), "--resume")
@@ -96,7 +97,7 @@ def test_a_blow_up_exits_non_zero_with_a_clear_message_and_keeps_the_last_checkp
     assert result.returncode == 1
     assert "training diverged at step" in result.stderr
     assert "last good checkpoint" in result.stderr
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    checkpoint = load_tensors(out / "checkpoint.pt")
     step = checkpoint["trainer"]["step"] if checkpoint["phase"] == "ebm" else 0
     assert step < 300
     assert all(torch.isfinite(v).all() for v in weights(out).values())
@@ -226,7 +227,7 @@ def test_a_half_written_last_metrics_line_does_not_stop_a_resume(tmp_path):
     assert main(base) == 0
     whole = read_metrics(run)
     # As if killed while writing the last line.
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint = load_tensors(run / "checkpoint.pt")
     assert checkpoint["trainer"]["step"] == 6
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
@@ -243,7 +244,7 @@ def test_the_fitted_backbone_does_not_depend_on_the_energy_size(tmp_path):
         run = tmp_path / hidden
         args = ["train", "--data", "rings", "--out", str(run), *SMALL, "--steps", "1"]
         assert main([*args, "--energy-hidden", hidden, "--no-progress"]) == 0
-        runs.append(torch.load(run / "checkpoint.pt", weights_only=True)["backbone"])
+        runs.append(load_tensors(run / "checkpoint.pt")["backbone"])
     assert runs[0].keys() == runs[1].keys()
     # One tilt step with a frozen backbone: the backbones are the fitted ones.
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

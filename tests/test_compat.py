@@ -15,7 +15,7 @@ import pyro_flowebm
 from pyro_flowebm.app import RunConfig, evaluate_run, load_run, read_metrics, report_run, train_run
 from pyro_flowebm.app.cli import main
 from pyro_flowebm.infer import HMC, sample_ebm
-from pyro_flowebm.io import read_netcdf
+from pyro_flowebm.io import load_tensors, read_netcdf
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_c26c780"
 
@@ -41,7 +41,7 @@ def test_a_run_of_c26c780_resumes_to_its_last_step(old_run):
     train_run(old_run, config, resume=True, progress_bar=False)
     steps = [m["step"] for m in read_metrics(old_run) if m["phase"] == "ebm"]
     assert steps == list(range(6))  # 0-2 kept from c26c780, 3-5 run again
-    checkpoint = torch.load(old_run / "checkpoint.pt", weights_only=True)
+    checkpoint = load_tensors(old_run / "checkpoint.pt")
     assert checkpoint["trainer"]["step"] == 6 and "adaptation" in checkpoint["trainer"]
     assert load_run(old_run).event_shape == (2,)
 

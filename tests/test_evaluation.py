@@ -63,7 +63,7 @@ def test_evaluation_against_fresh_toy_draws_and_the_overview_plot(tmp_path):
     assert json.loads((tmp_path / "evaluation.json").read_text())["likelihood"] == nll
     assert (tmp_path / "evaluation.png").is_file()
     np.save(tmp_path / "three.npy", np.zeros((10, 3)))
-    with pytest.raises(ValueError, match="expected reference data with 2 columns"):
+    with pytest.raises(ValueError, match="expected --data .*three.npy with 2 columns"):
         evaluate_run(tmp_path, data=str(tmp_path / "three.npy"), plots=False,
                      progress_bar=False)  # fmt: skip
 

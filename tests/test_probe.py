@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from pyro_flowebm.datasets import ImageSet, dequantize, load_images
+from pyro_flowebm.io import load_tensors
 from pyro_flowebm.metrics import probe as probe_module
 from pyro_flowebm.metrics.probe import (
     DigitsProbe,
@@ -285,7 +286,7 @@ def test_load_or_fit_probe_caches_by_settings(tmp_path: Path, monkeypatch, valid
     # Other settings: refitted and overwritten.
     refit = load_or_fit_probe(path, steps=4)
     assert not torch.equal(refit.head.weight, first.head.weight)
-    assert torch.load(path, weights_only=True)["settings"] == {"steps": 4, "seed": 0}
+    assert load_tensors(path)["settings"] == {"steps": 4, "seed": 0}
 
 
 def test_load_or_fit_probe_leaves_a_foreign_file_alone(tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +15,13 @@ import torch
 from .. import datasets
 from ..diagnostics import MIXING
 from ..infer import SAMPLERS
+from ..io import DirectoryLockedError
 from ..train import TrainingDiverged
+from .checks import MAX_COUNT, SEED_LIMIT
 from .config import BACKBONES, IMAGE_BACKBONES, IMAGE_DEFAULTS, RunConfig, default_of
 from .evaluation import evaluate_run
 from .reporting import report_run
-from .rundir import CHECKPOINT, EVALUATION, RunExistsError
+from .rundir import CHECKPOINT, EVALUATION
 from .sampling import sample_run
 from .training import train_run
 
@@ -36,10 +39,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-class _UsageError(Exception):
-    """A bad argument found after parsing (bad data, an occupied --out, ...): exit 2."""
-
-
 class _Deprecated(argparse.Action):
     """A flag's old name: stores into the new one's destination and says so on stderr."""
 
@@ -53,24 +52,45 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+def _int_in(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_in(text, 1, MAX_COUNT)
 
 
 def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+    return _int_in(text, 0, MAX_COUNT)
+
+
+def _seed(text: str) -> int:
+    return _int_in(text, 0, SEED_LIMIT - 1)
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
@@ -78,11 +98,11 @@ def _positive_float(text: str) -> float:
 # dashes, one word for one setting in code, command and config.json.
 _TRAIN_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("steps", _positive_int, "training steps of the tilt"),
-    ("seed", int, "seed of the data split, the initialization and training"),
+    ("seed", _seed, "seed of the data split, the initialization and training"),
     ("device", str, "torch device, e.g. cpu or cuda"),
     ("num_data", _positive_int, "training draws of a toy data set"),
     ("num_heldout", _positive_int, "held-out draws of a toy data set"),
-    ("heldout_fraction", float, "share of a data file held out"),
+    ("heldout_fraction", _finite_float, "share of a data file held out"),
     ("backbone", str,
      "flow preset: auto (realnvp for vectors, glow for images), realnvp, neural_spline, glow"),
     ("backbone_levels", _positive_int, "scales of an image flow"),
@@ -102,7 +122,7 @@ _TRAIN_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("num_steps", _positive_int, "leapfrog steps per HMC iteration"),
     ("independence_moves", _nonnegative_int,
      "independence Metropolis moves per step (backbone proposals)"),
-    ("energy_reg", float, "weight of the squared-energy penalty"),
+    ("energy_reg", _finite_float, "weight of the squared-energy penalty"),
     ("finetune_lr", _positive_float,
      "fine-tune the backbone jointly with this learning rate"),
     ("validate_every", _positive_int, "steps between validations"),
@@ -185,7 +205,7 @@ def _sample_parser(commands: Any) -> None:
         "--num-samples": ("num_samples", _positive_int, "draws per chain"),
         "--warmup-steps": ("warmup_steps", _nonnegative_int, "warm-up iterations"),
         "--thin": ("thin", _positive_int, "keep every n-th draw"),
-        "--seed": ("seed", int, "seed of the draws"),
+        "--seed": ("seed", _seed, "seed of the draws"),
     }
     for flag, (dest, kind, text) in counts.items():
         default = default_of(sample_run, dest)
@@ -231,7 +251,7 @@ def _evaluate_parser(commands: Any) -> None:
         help=f"draws of each model compared, one a chain (default: {num_draws})",
     )  # fmt: skip
     _deprecated_flags(evaluate, "evaluate", type=_positive_int)
-    evaluate.add_argument("--seed", type=int, default=seed, help=f"(default: {seed})")
+    evaluate.add_argument("--seed", type=_seed, default=seed, help=f"(default: {seed})")
     log_z_particles = default_of(evaluate_run, "log_z_particles")
     evaluate.add_argument(
         "--log-z-particles", type=_positive_int, default=log_z_particles,
@@ -298,8 +318,8 @@ def _train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
         config = RunConfig.for_data(args.data, **given)
-    except (TypeError, ValueError) as e:
-        raise _UsageError(str(e)) from e
+    except TypeError as e:
+        raise ValueError(str(e)) from e
     try:
         train_run(
             args.out, config, resume=args.resume, overwrite=args.overwrite,
@@ -312,35 +332,27 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ValueError, FileNotFoundError, RunExistsError) as e:
-        raise _UsageError(str(e)) from e
     print(f"trained: {args.out}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    try:
-        sample_run(
-            args.run, args.out, sampler=args.sampler, num_chains=args.num_chains,
-            num_samples=args.num_samples, warmup_steps=args.warmup_steps, thin=args.thin,
-            seed=args.seed, device=args.device, overwrite=args.overwrite,
-            progress_bar=not args.no_progress,
-        )  # fmt: skip
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        raise _UsageError(str(e)) from e
+    sample_run(
+        args.run, args.out, sampler=args.sampler, num_chains=args.num_chains,
+        num_samples=args.num_samples, warmup_steps=args.warmup_steps, thin=args.thin,
+        seed=args.seed, device=args.device, overwrite=args.overwrite,
+        progress_bar=not args.no_progress,
+    )  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        report = evaluate_run(
-            args.run, data=args.data, samples=args.samples, num_draws=args.num_draws,
-            seed=args.seed, plots=not args.no_plots, progress_bar=not args.no_progress,
-            log_z_particles=args.log_z_particles,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:
-        raise _UsageError(str(e)) from e
+    report = evaluate_run(
+        args.run, data=args.data, samples=args.samples, num_draws=args.num_draws,
+        seed=args.seed, plots=not args.no_plots, progress_bar=not args.no_progress,
+        log_z_particles=args.log_z_particles,
+    )  # fmt: skip
     print(report.table())
     print(f"wrote {args.run / EVALUATION}")
     return 0
@@ -349,19 +361,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")  # a file is written; no window is ever opened
     if args.out.suffix.lower() not in (".html", ".htm"):
-        raise _UsageError(f"expected an .html file for --out, got {args.out}")
-    try:
-        result = report_run(
-            args.source, args.out, compare=args.compare, modes=args.modes,
-            var_names=args.var_names,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:
-        raise _UsageError(str(e)) from e
+        raise ValueError(f"expected an .html file for --out, got {args.out}")
+    result = report_run(
+        args.source, args.out, compare=args.compare, modes=args.modes,
+        var_names=args.var_names,
+    )  # fmt: skip
     print(result.verdict)
     if result.comparison:
         print(f"comparison: {result.comparison}")
     print(f"wrote {result.html} and {result.markdown} in {result.seconds:.1f} s")
     return EXIT_NOT_MIXING if args.strict and result.verdict.label != MIXING else 0
+
+
+def _expected_failure(error: BaseException) -> str | None:
+    """The message of a failure the user can fix (bad input, a missing or damaged file, no
+    space, no permission, no memory, another process), or ``None`` for a bug."""
+    if isinstance(error, ValueError | OSError | DirectoryLockedError):
+        return str(error)
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return f"out of memory: {error}; use smaller sizes"
+    if isinstance(error, RuntimeError) and "can't allocate memory" in str(error):
+        return f"out of memory: {str(error).splitlines()[0]}; use smaller sizes"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,8 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return command(args)
-    except _UsageError as e:
-        print(f"pyro-flowebm {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = _expected_failure(e)
+        if message is None:
+            raise  # a bug: the traceback is for us
+        print(f"pyro-flowebm {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,12 @@ import numpy as np
 import torch
 
 from .. import datasets, flows
-from ..core import check_choice, check_int, check_positive
+from ..core import check_choice, check_positive
 from ..distributions import FlowEBM
 from ..flows import fit_backbone, flow_backbone
 from ..nn import ConvEnergy, MLPEnergy
 from ..train import TiltSettings, fit_ebm
+from .checks import check_count, check_seed
 
 __all__ = [
     "BACKBONES",
@@ -136,12 +138,22 @@ class RunConfig:
     checkpoint_every: int = default_of(fit_ebm, "checkpoint_every")
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        check_seed("seed", self.seed)
         check_choice("backbone", self.backbone, ["auto", *BACKBONES, *IMAGE_BACKBONES])
         for name in (
             "num_data num_heldout backbone_levels backbone_layers backbone_hidden "
             "energy_layers energy_hidden backbone_steps"
         ).split():
-            check_int(name, getattr(self, name), 1)
+            check_count(name, getattr(self, name), 1)
+        for name in ("steps", "batch_size", "mcmc_steps", "num_steps", "validate_every"):
+            check_count(name, getattr(self, name), 1)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(
+                f"expected device to be a torch device such as cpu or cuda:0, got {self.device!r}"
+            ) from e
         check_positive("backbone_lr", self.backbone_lr)
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"expected 0 < heldout_fraction < 1, got {self.heldout_fraction}")
@@ -161,7 +173,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """A config from a dict, refusing unknown keys (a typo is an error, not a default).
+        """A config from a dict of every field, refusing unknown and missing keys (a typo is
+        an error, not a default; a key left out would silently change a resumed run).
 
         Example:
             >>> RunConfig.from_dict({"data": "rings", "stepz": 3})
@@ -169,12 +182,17 @@ class RunConfig:
             ...
             ValueError: unknown run config keys ['stepz']; expected some of [...]
         """
+        if not isinstance(values, dict):
+            raise TypeError(f"expected a run config as a JSON object, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
                 f"unknown run config keys {unknown}; expected some of [{', '.join(sorted(known))}]"
             )
+        missing = sorted(known - set(values))
+        if missing:
+            raise ValueError(f"expected every run config key, got none for {missing}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +221,20 @@ class RunConfig:
         backbone = flow_backbone(transform.to(device, torch.float32), event_shape=shape)
         return FlowEBM(backbone, energy.to(device, torch.float32))
 
+    def minimum_bytes(self, event_shape: tuple[int, ...]) -> int:
+        """A lower bound of the memory training needs: the square weight matrices of both
+        networks, four times (weights, gradients, Adam's two moments), and a toy's points.
+
+        Example:
+            >>> RunConfig(backbone_hidden=10**8).minimum_bytes((2,)) > 2**50
+            True
+        """
+        dim = int(np.prod(event_shape))
+        depth = self.backbone_layers * (self.backbone_levels if len(event_shape) == 3 else 1)
+        weights = depth * self.backbone_hidden**2 + self.energy_layers * self.energy_hidden**2
+        points = (self.num_data + self.num_heldout) * dim if self.data in datasets.TOYS else 0
+        return 4 * (4 * weights + points + self.batch_size * dim * self.backbone_hidden)
+
     def fit_ebm_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~pyro_flowebm.fit_ebm` this config sets."""
         return {name: getattr(self, name) for name in _FIT_EBM_FIELDS}
@@ -211,6 +243,32 @@ class RunConfig:
     def images(self) -> bool:
         """Whether ``data`` names image data (see the class docstring)."""
         return is_image_data(self.data)
+
+
+# What a field of each annotation may hold (an int is a float; a bool is neither).
+_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "float | None": (
+        "a number or null",
+        lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+    ),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_types(config: RunConfig) -> None:
+    """Every field of the kind its annotation says, and floats finite."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        what, accepts = _KINDS[str(field.type)]
+        if not accepts(value):
+            raise TypeError(
+                f"expected {field.name} to be {what}, got {type(value).__name__} {value!r}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a finite {field.name}, got {value}")
 
 
 # The settings of fit_ebm a run does not set: the library's defaults.

@@ -15,12 +15,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .. import datasets
-from ..core import check_int, seeded
+from ..core import seeded
 from ..diagnostics import image_grid
 from ..distributions import FlowEBM
 from ..infer import LogZEstimate, estimate_log_z, sample_ebm
-from ..io import read_netcdf, write_text
+from ..io import atomic_write, lock_directory, read_netcdf, write_text
 from ..metrics import compare_nll, evaluate_samples, load_or_fit_probe, mmd, probe_summary
+from .checks import check_count, check_fits_in_memory, check_seed
 from .config import RunConfig
 from .rundir import EVALUATION, EVALUATION_PLOT, PROBE, read_config, read_data, read_levels
 from .training import load_run
@@ -39,6 +40,23 @@ __all__ = [
 # Warm-up cycles of the hmc-imh chains that give the EBM's draws: images cost far more a
 # gradient than 2-D points.
 _WARMUP = {"vectors": 100, "images": 50}
+
+
+def _read_samples(path: str | os.PathLike[str], event_shape: tuple[int, ...]) -> InferenceData:
+    """The NetCDF file of ``--samples``, checked: finite posterior ``x`` of shape
+    ``(chain, draw, *event_shape)``."""
+    idata = read_netcdf(path)
+    x = idata.posterior.get("x") if "posterior" in idata.groups() else None
+    shape = None if x is None else tuple(x.shape)
+    if shape is None or shape[2:] != event_shape or 0 in shape[:2]:
+        got = "no posterior x" if shape is None else f"posterior x of shape {shape}"
+        raise ValueError(
+            f"expected --samples {path} to hold posterior x of shape (chain, draw, "
+            f"{', '.join(map(str, event_shape))}) like the run's points, got {got}"
+        )
+    if not np.isfinite(np.asarray(x.values, dtype=np.float64)).all():
+        raise ValueError(f"expected finite draws in --samples {path}, got NaN or infinite ones")
+    return idata
 
 
 def _flat_draws(idata: InferenceData, n: int) -> Tensor:
@@ -208,23 +226,28 @@ def evaluate_run(
             "evaluate_run(num_samples=) is deprecated: use num_draws=", DeprecationWarning, 2
         )
         num_draws = num_samples
-    check_int("num_draws", num_draws, 2)
-    check_int("log_z_particles", log_z_particles, 256)
+    check_count("num_draws", num_draws, 2)
+    check_count("log_z_particles", log_z_particles, 256)
+    check_seed("seed", seed)
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     ebm = load_run(run_dir, device="cpu")
-    if len(ebm.event_shape) == 3:
-        if data is not None:
-            raise ValueError(
-                f"expected no --data for an image run (it is compared with its own held-out "
-                f"images), got {data!r}"
-            )
-        return _evaluate_images(
-            run_dir, config, ebm, samples, (num_draws, log_z_particles), seed, plots, progress_bar
+    dim = int(np.prod(ebm.event_shape))
+    check_fits_in_memory("the draws of --num-draws", 4 * 4 * num_draws * dim)
+    check_fits_in_memory("the particles of --log-z-particles", 4 * 4 * log_z_particles * dim)
+    draws = _read_samples(samples, tuple(ebm.event_shape)) if samples is not None else None
+    if len(ebm.event_shape) == 3 and data is not None:
+        raise ValueError(
+            f"expected no --data for an image run (it is compared with its own held-out "
+            f"images), got {data!r}"
         )
-    return _evaluate_vectors(
-        run_dir, config, ebm, data, samples, (num_draws, log_z_particles), seed, plots, progress_bar
-    )
+    counts = (num_draws, log_z_particles)
+    with lock_directory(run_dir):  # evaluation.json, evaluation.png and probe.pt go there
+        if len(ebm.event_shape) == 3:
+            return _evaluate_images(run_dir, config, ebm, draws, counts, seed, plots, progress_bar)
+        return _evaluate_vectors(
+            run_dir, config, ebm, data, draws, counts, seed, plots, progress_bar
+        )
 
 
 def _reference(
@@ -243,7 +266,7 @@ def _evaluate_vectors(
     config: RunConfig,
     ebm: FlowEBM,
     data: str | None,
-    samples: str | os.PathLike[str] | None,
+    samples: InferenceData | None,
     counts: tuple[int, int],
     seed: int,
     plots: bool,
@@ -255,8 +278,8 @@ def _evaluate_vectors(
     reference, toy, source = _reference(run_dir, config, data, num_draws, seed)
     if reference.shape[1] != ebm.event_shape[0]:
         raise ValueError(
-            f"expected reference data with {ebm.event_shape[0]} columns like the run's, "
-            f"got {reference.shape[1]}"
+            f"expected --data {source} with {ebm.event_shape[0]} columns like the run's "
+            f"points, got {reference.shape[1]}"
         )
     backbone_x, ebm_x = _draws(ebm, samples, num_draws, seed, _WARMUP["vectors"], progress_bar)
     known: dict[str, Any] = {}
@@ -274,13 +297,13 @@ def _evaluate_vectors(
     write_text(json.dumps(result.to_dict(), indent=2) + "\n", run_dir / EVALUATION)
     if plots:
         figure = plot_overview(ebm, reference, backbone_x, ebm_x)
-        figure.savefig(run_dir / EVALUATION_PLOT, dpi=110)
+        atomic_write(run_dir / EVALUATION_PLOT, lambda f: figure.savefig(f, format="png", dpi=110))
     return result
 
 
 def _draws(
     ebm: FlowEBM,
-    samples: str | os.PathLike[str] | None,
+    samples: InferenceData | None,
     num_draws: int,
     seed: int,
     warmup: int,
@@ -296,7 +319,7 @@ def _draws(
     with seeded(seed, ebm.base_dist.mean.device), torch.no_grad():
         backbone_x = ebm.backbone.sample((num_draws,))
     if samples is not None:
-        return backbone_x, _flat_draws(read_netcdf(samples), num_draws)
+        return backbone_x, _flat_draws(samples, num_draws)
     idata = sample_ebm(ebm, "hmc-imh", num_draws, 1, warmup, seed=seed, progress_bar=progress_bar)
     return backbone_x, _flat_draws(idata, num_draws)
 
@@ -305,7 +328,7 @@ def _evaluate_images(
     run_dir: Path,
     config: RunConfig,
     ebm: FlowEBM,
-    samples: str | os.PathLike[str] | None,
+    samples: InferenceData | None,
     counts: tuple[int, int],
     seed: int,
     plots: bool,
@@ -344,7 +367,7 @@ def _evaluate_images(
     write_text(json.dumps(result.to_dict(), indent=2) + "\n", run_dir / EVALUATION)
     if plots:
         figure = plot_images(reference, backbone_x, ebm_x)
-        figure.savefig(run_dir / EVALUATION_PLOT, dpi=110)
+        atomic_write(run_dir / EVALUATION_PLOT, lambda f: figure.savefig(f, format="png", dpi=110))
     return result
 
 

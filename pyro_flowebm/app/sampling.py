@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..infer import sample_ebm
 from ..io import write_netcdf
+from .checks import check_count, check_fits_in_memory, check_output_file, check_seed
 from .config import default_of
 from .training import load_run
 
@@ -52,18 +55,28 @@ def sample_run(
         The InferenceData written.
 
     Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is not set.
-        ValueError: ``out`` is not a ``.nc`` file.
+        FileExistsError: ``out`` exists and ``overwrite`` is not set (checked before
+            sampling, and again, atomically, when the file is written).
+        FileNotFoundError: no run, no checkpoint, or no directory to hold ``out``.
+        ValueError: ``out`` is not a ``.nc`` file, a count or seed out of range, draws that
+            would not fit in memory, a device this machine lacks, or a damaged run.
     """
     out = Path(out)
-    if out.suffix != ".nc":
-        raise ValueError(f"expected a .nc file for --out, got {out}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"expected a new --out file, got existing {out}; pass --overwrite")
+    check_output_file("--out", out, (".nc",), overwrite)
+    for name, value, minimum in (
+        ("--num-chains", num_chains, 1), ("--num-samples", num_samples, 1),
+        ("--warmup-steps", warmup_steps, 0), ("--thin", thin, 1),
+    ):  # fmt: skip
+        check_count(name, value, minimum)
+    if seed is not None:
+        check_seed("--seed", seed)
     ebm = load_run(run_dir, device=device)
+    # Kept draws of x and z, four bytes a number.
+    num_bytes = 2 * 4 * num_chains * num_samples * int(np.prod(ebm.event_shape))
+    check_fits_in_memory(f"{num_chains} chains of {num_samples} draws", num_bytes)
     idata = sample_ebm(
         ebm, sampler, num_chains, num_samples, warmup_steps,
         thin=thin, seed=seed, progress_bar=progress_bar,
     )  # fmt: skip
-    write_netcdf(idata, out)
+    write_netcdf(idata, out, overwrite=overwrite)
     return idata

@@ -16,8 +16,9 @@ from .. import datasets
 from ..core import rng_state, set_rng_state
 from ..distributions import FlowEBM
 from ..flows import fit_backbone
-from ..io import load_tensors, save_tensors, write_text
+from ..io import LOCK_FILE, is_temporary, lock_directory, save_tensors, write_text
 from ..train import backbone_modules, fit_ebm
+from .checks import check_device, check_fits_in_memory, check_writable_dir
 from .config import RunConfig
 from .rundir import (
     CHECKPOINT,
@@ -26,6 +27,7 @@ from .rundir import (
     METRICS,
     RUN_FILES,
     prepare_run_dir,
+    read_checkpoint,
     read_config,
     read_data,
     read_metrics,
@@ -165,38 +167,84 @@ def train_run(
         ['checkpoint.pt', 'config.json', 'data.pt', 'metrics.jsonl']
     """
     out = Path(out)
+    check_device("device", config.device)
+    check_writable_dir("out", out)
     train, heldout, levels = _split(config)  # raises on bad data before anything is touched
+    shape = tuple(train.shape[1:])
+    check_fits_in_memory("training this config", config.minimum_bytes(shape))
     pyro.set_rng_seed(config.seed)
-    ebm = config.build(tuple(train.shape[1:]))  # and on a model that does not fit the data
-    resuming = prepare_run_dir(out, config, resume, overwrite)
-    checkpoint = None
-    if resuming and (out / CHECKPOINT).is_file():
-        checkpoint = load_tensors(out / CHECKPOINT, config.device)  # chains go to the device
-    if not resuming:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        save_tensors({"train": train, "heldout": heldout, "levels": levels}, out / DATA)
-        write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
-    else:
-        train, heldout = read_data(out)
-    device = torch.device(config.device)
-    train, heldout = train.to(device), heldout.to(device)
-    if checkpoint is None:
-        (out / METRICS).unlink(missing_ok=True)
-        checkpoint = _fit_backbone_phase(out, config, ebm, train, levels, progress_bar)
-    else:
-        # Keep the metrics up to the checkpoint: the steps after it are run again.
-        done = checkpoint["trainer"]["step"] if checkpoint["phase"] == "ebm" else 0
-        kept = [m for m in read_metrics(out) if m["phase"] == "backbone" or m["step"] < done]
-        write_text("".join(json.dumps(m) + "\n" for m in kept), out / METRICS)
-    backbone_modules(ebm).load_state_dict(checkpoint["backbone"])
-    ebm.energy.load_state_dict(checkpoint["energy"])
-    set_rng_state(checkpoint["rng"])
-    trainer = checkpoint.get("trainer")
-    if trainer is None or trainer["step"] < config.steps:
-        _tilt_phase(out, config, ebm, (train, heldout, levels), trainer, progress_bar)
+    ebm = config.build(shape)  # and on a model that does not fit the data
+    prepare_run_dir(out, config, resume, overwrite)  # refuses early, before the directory exists
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_directory(out):
+        # Again, holding the lock: another process may have written in the meantime.
+        if prepare_run_dir(out, config, resume, overwrite):
+            train, heldout, checkpoint = _resumed(out, config, ebm)
+        else:
+            _start(out, config, (train, heldout, levels))
+            checkpoint = None
+        device = torch.device(config.device)
+        train, heldout = train.to(device), heldout.to(device)
+        if checkpoint is None:
+            checkpoint = _fit_backbone_phase(out, config, ebm, train, levels, progress_bar)
+            _load_state(ebm, checkpoint, out / CHECKPOINT)
+        trainer = checkpoint.get("trainer")
+        if trainer is None or trainer["step"] < config.steps:
+            _tilt_phase(out, config, ebm, (train, heldout, levels), trainer, progress_bar)
     return ebm
+
+
+def _start(out: Path, config: RunConfig, data: tuple[Tensor, Tensor, int | None]) -> None:
+    """Begin a run in ``out``: remove an overwritten run's files, write the data and config."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for path in out.iterdir():
+        if is_temporary(path.name) and path.name != LOCK_FILE:
+            path.unlink(missing_ok=True)  # left by a killed process; we hold the lock
+    train, heldout, levels = data
+    save_tensors({"train": train, "heldout": heldout, "levels": levels}, out / DATA)
+    write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+
+
+def _resumed(out: Path, config: RunConfig, ebm: FlowEBM) -> tuple[Tensor, Tensor, Any]:
+    """The data and checkpoint of a run to resume, every file checked and the weights and
+    random state loaded before anything is written; the metrics after the checkpoint are
+    dropped (those steps run again)."""
+    train, heldout = read_data(out)
+    if tuple(train.shape[1:]) != tuple(ebm.event_shape):
+        raise ValueError(
+            f"expected points of shape {tuple(ebm.event_shape)} in {out / DATA}, got "
+            f"{tuple(train.shape[1:])}"
+        )
+    metrics = read_metrics(out)
+    if not (out / CHECKPOINT).is_file():
+        return train, heldout, None
+    checkpoint = read_checkpoint(out, config.device)  # chains go to the device
+    _load_state(ebm, checkpoint, out / CHECKPOINT)
+    done = checkpoint["trainer"]["step"] if checkpoint["phase"] == "ebm" else 0
+    kept = [m for m in metrics if m["phase"] == "backbone" or m["step"] < done]
+    write_text("".join(json.dumps(m) + "\n" for m in kept), out / METRICS)
+    return train, heldout, checkpoint
+
+
+def _load_state(ebm: FlowEBM, checkpoint: dict[str, Any], path: Path, rng: bool = True) -> None:
+    """Load a checkpoint's weights (and random state) into ``ebm``; a checkpoint of another
+    model is a ``ValueError`` naming ``path``."""
+    if list(checkpoint["event_shape"]) != list(ebm.event_shape):
+        raise ValueError(
+            f"expected a checkpoint of points of shape {tuple(ebm.event_shape)} in {path}, "
+            f"got {checkpoint['event_shape']}"
+        )
+    try:
+        backbone_modules(ebm).load_state_dict(checkpoint["backbone"])
+        ebm.energy.load_state_dict(checkpoint["energy"])
+        if rng:
+            set_rng_state(checkpoint["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"expected the weights of this run's model in {path}, got others: {reason}"
+        ) from e
 
 
 def load_run(run_dir: str | os.PathLike[str], *, device: str | None = None) -> FlowEBM:
@@ -224,13 +272,10 @@ def load_run(run_dir: str | os.PathLike[str], *, device: str | None = None) -> F
         torch.Size([5, 2])
     """
     config = read_config(run_dir)
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"expected a checkpoint in {run_dir}, got none yet")
     if device is not None:
         config = dataclasses.replace(config, device=device)
-    checkpoint = load_tensors(path, config.device)
+    check_device("device", config.device)
+    checkpoint = read_checkpoint(run_dir, config.device)
     ebm = config.build(tuple(checkpoint["event_shape"]))
-    backbone_modules(ebm).load_state_dict(checkpoint["backbone"])
-    ebm.energy.load_state_dict(checkpoint["energy"])
+    _load_state(ebm, checkpoint, Path(run_dir) / CHECKPOINT, rng=False)
     return ebm

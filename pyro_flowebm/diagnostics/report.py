@@ -113,6 +113,27 @@ def _input(source: Any, what: str) -> ReportInput:
     return ReportInput(idata, name=path.stem, source=str(path))
 
 
+def _summary_path(out: Path) -> Path:
+    """Where the Markdown summary of a page at ``out`` goes: ``out`` with suffix ``.md``,
+    checked before any work: it must be new or an earlier summary (its first line a
+    verdict), never another file that happens to sit there."""
+    markdown = out.with_suffix(".md")
+    if markdown == out:
+        raise ValueError(f"expected an .html file for the page, got {out}")
+    if markdown.is_dir() or out.is_dir():
+        raise IsADirectoryError(21, f"expected files at {out} and {markdown}, got a directory")
+    if markdown.exists():
+        with open(markdown, "rb") as f:
+            first = f.readline()
+        if not first.startswith(b"verdict: "):
+            raise FileExistsError(
+                17,
+                f"expected {markdown}, where the summary of {out.name} goes, to be new or "
+                "an earlier report summary, got another file; choose another --out",
+            )
+    return markdown
+
+
 def _modes(given: Any) -> tuple[np.ndarray | None, str | None]:
     """Mode centres from an array or a ``.npy``/``.csv``/``.pt`` file, and what they were."""
     if given is None:
@@ -285,7 +306,8 @@ def report(
     Sections whose data is missing (no sample_stats, no modes) are replaced by a one-line
     note. The Markdown summary is written beside the page (``out`` with suffix ``.md``);
     its first line is ``verdict: mixing``, ``verdict: not mixing`` or
-    ``verdict: false convergence``. Both files are written atomically.
+    ``verdict: false convergence``. Both files are written atomically, and an existing
+    ``.md`` file there that is not an earlier summary is refused before any work.
 
     Args:
         idata: ``arviz.InferenceData``, a NetCDF file with a posterior group (from this
@@ -307,6 +329,7 @@ def report(
 
     Raises:
         FileNotFoundError: a path that does not exist.
+        FileExistsError: a file other than an earlier summary where the summary goes.
         ValueError: a file that is not an ArviZ NetCDF, a directory, no posterior group,
             a name in ``var_names`` that is not a posterior variable (before anything is
             written), or modes whose dimension does not match ``var_name``.
@@ -322,6 +345,7 @@ def report(
     """
     start = time.perf_counter()
     out = Path(out)
+    markdown = _summary_path(out)
     inputs = [_input(idata, "the run")]
     if compare is not None:
         inputs.append(_input(compare, "--compare"))
@@ -333,7 +357,6 @@ def report(
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(page, out)
-    markdown = out.with_suffix(".md")
     write_text(_markdown(runs, comparison, out, seconds), markdown)
     return Report(
         verdict=runs[0].verdict,

@@ -1,8 +1,20 @@
 """Files: atomic writes, tensor files, and ArviZ InferenceData in memory and as NetCDF."""
 
-from .files import atomic_write, load_tensors, save_tensors, write_text
+from .files import (
+    DIGEST_HEADER,
+    LOCK_FILE,
+    DirectoryLockedError,
+    atomic_write,
+    is_temporary,
+    load_tensors,
+    lock_directory,
+    save_tensors,
+    write_bytes,
+    write_text,
+)
 from .inference_data import (
     arviz,
+    netcdf_bytes,
     netcdf_safe,
     pareto_khat,
     read_netcdf,
@@ -11,14 +23,21 @@ from .inference_data import (
 )
 
 __all__ = [
+    "DIGEST_HEADER",
+    "LOCK_FILE",
+    "DirectoryLockedError",
     "arviz",
     "atomic_write",
+    "is_temporary",
     "load_tensors",
+    "lock_directory",
+    "netcdf_bytes",
     "netcdf_safe",
     "pareto_khat",
     "read_netcdf",
     "save_tensors",
     "to_inference_data",
+    "write_bytes",
     "write_netcdf",
     "write_text",
 ]

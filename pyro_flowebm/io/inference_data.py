@@ -8,6 +8,7 @@ changes this file.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -19,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core import to_numpy
-from .files import atomic_write
+from .files import write_bytes
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
 __all__ = [
     "arviz",
+    "netcdf_bytes",
     "netcdf_safe",
     "pareto_khat",
     "read_netcdf",
@@ -232,9 +234,13 @@ def to_inference_data(
         )
 
 
-def write_netcdf(idata: InferenceData, path: str | os.PathLike[str]) -> None:
-    """Write InferenceData as NetCDF atomically: to a temporary file, then renamed over
-    ``path``, so an interrupted write never leaves half a file.
+def write_netcdf(
+    idata: InferenceData, path: str | os.PathLike[str], *, overwrite: bool = True
+) -> None:
+    """Write InferenceData as NetCDF atomically (:func:`~pyro_flowebm.io.write_bytes`):
+    built in memory, written to a temporary file, renamed over ``path``, so an interrupted
+    write never leaves half a file. Without ``overwrite`` an existing ``path`` is a
+    ``FileExistsError`` (checked atomically at the rename).
 
     Example:
         >>> import tempfile
@@ -244,7 +250,36 @@ def write_netcdf(idata: InferenceData, path: str | os.PathLike[str]) -> None:
         ...     read_netcdf(Path(tmp, "draws.nc")).posterior["x"].shape
         (2, 3)
     """
-    atomic_write(Path(path), lambda tmp: idata.to_netcdf(str(tmp)))
+    write_bytes(netcdf_bytes(idata), path, overwrite=overwrite)
+
+
+def netcdf_bytes(idata: InferenceData) -> bytes:
+    """The NetCDF-4 file of ``idata`` (what ``idata.to_netcdf`` writes: one HDF5 group a
+    group, compressed), built in memory, so that no full disk or killed process ever
+    meets the HDF5 writer halfway through a file.
+
+    Example:
+        >>> idata = to_inference_data({"x": np.zeros((2, 3))})
+        >>> netcdf_bytes(idata)[:4]
+        b'\\x89HDF'
+    """
+    import xarray  # with ArviZ: on first use
+
+    buffer = io.BytesIO()
+    mode = "w"
+    if idata.attrs:
+        xarray.Dataset(attrs=idata.attrs).to_netcdf(buffer, mode=mode, engine="h5netcdf")
+        mode = "a"
+    for group in idata.groups():
+        data = getattr(idata, group)
+        encoding = {
+            name: {"zlib": True}
+            for name, values in data.variables.items()
+            if np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_
+        }
+        data.to_netcdf(buffer, mode=mode, group=group, engine="h5netcdf", encoding=encoding)
+        mode = "a"
+    return buffer.getvalue()
 
 
 def read_netcdf(path: str | os.PathLike[str]) -> InferenceData:
@@ -253,7 +288,15 @@ def read_netcdf(path: str | os.PathLike[str]) -> InferenceData:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected a NetCDF file of draws, got {path}: no such file")
-    return arviz().from_netcdf(str(path))
+    try:
+        return arviz().from_netcdf(str(path))
+    except PermissionError as e:
+        raise PermissionError(e.errno, f"could not read {path}: {e.strerror or e}") from e
+    except Exception as e:  # h5py, netCDF4 and xarray raise many kinds on a foreign file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"expected an ArviZ NetCDF file at {path}, got one that cannot be read: {reason}"
+        ) from e
 
 
 def pareto_khat(log_weights: Any) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..core import check_int, check_positive, seeded
 from ..datasets import ImageSet, dequantize, load_images
-from ..io import atomic_write
+from ..io import load_tensors, save_tensors
 
 __all__ = [
     "DigitsProbe",
@@ -211,8 +210,8 @@ def load_or_fit_probe(
     settings = {"steps": steps, "seed": seed}
     if path.exists():
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+            saved = load_tensors(path)
+        except ValueError as e:
             saved = e  # refused below, like any other foreign file
         if not (isinstance(saved, dict) and saved.get("format") == _FORMAT):
             raise ValueError(
@@ -226,7 +225,7 @@ def load_or_fit_probe(
     probe = fit_probe(load_images("digits", "train"), steps, seed=seed, progress_bar=progress_bar)
     state = {"format": _FORMAT, "settings": settings, "state_dict": probe.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    save_tensors(state, path)
     return probe
 
 
