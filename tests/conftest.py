@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import tempfile
+from pathlib import Path
 
 import normflows as nf
 import pyro
@@ -12,8 +15,9 @@ from scipy import stats
 from torch import Tensor, nn
 
 from pyro_flowebm import FlowEBM, NormflowsTransform, flow_backbone
-from pyro_flowebm.app import RunConfig, train_run
-from pyro_flowebm.io import arviz, to_inference_data
+from pyro_flowebm.app import RunConfig, evaluate_run, report_run, sample_run, train_run
+from pyro_flowebm.app.cli import main
+from pyro_flowebm.io import arviz, is_temporary, to_inference_data
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -128,3 +132,58 @@ def trained() -> FlowEBM:
     )
     with tempfile.TemporaryDirectory() as tmp:
         return train_run(tmp, config, progress_bar=False)
+
+
+# The command's bad-input and fault tests: one finished run, attacked in copies.
+# A small, quick run: the numbers are about the machinery, not the model's quality.
+SMALL_RUN = RunConfig(
+    data="two_moons", num_data=300, num_heldout=100, backbone_layers=2, backbone_hidden=8,
+    energy_hidden=16, backbone_steps=20, steps=4, batch_size=32, mcmc_steps=2, num_steps=3,
+    checkpoint_every=2, validate_every=2,
+)  # fmt: skip
+TRAIN_FLAGS = ["--num-data", "300", "--num-heldout", "100", "--backbone-layers", "2"]
+TRAIN_FLAGS += ["--backbone-hidden", "8", "--energy-hidden", "16", "--backbone-steps", "20"]
+TRAIN_FLAGS += ["--steps", "4", "--batch-size", "32", "--mcmc-steps", "2", "--num-steps", "3"]
+TRAIN_FLAGS += ["--checkpoint-every", "2", "--validate-every", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished run with everything the commands write: samples, evaluation, a report."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train_run(run, SMALL_RUN, progress_bar=False)
+    sample_run(run, run / "samples.nc", num_chains=4, num_samples=20, warmup_steps=5,
+               progress_bar=False)  # fmt: skip
+    evaluate_run(run, samples=run / "samples.nc", num_draws=32, log_z_particles=256,
+                 progress_bar=False)  # fmt: skip
+    report_run(run, run / "report.html")
+    return run
+
+
+@pytest.fixture
+def run(finished_run, tmp_path) -> Path:
+    """A copy of the finished run, for a case to attack."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` (the lock file aside: it names its last holder)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".pyro_flowebm.lock"
+    }
+
+
+def check_refused(args: list[str], names: str, root: Path, capsys, code: int = 2) -> str:
+    """Run the command; assert its exit code, that its one-line message names ``names``,
+    and that nothing under ``root`` changed and no temporary file was left."""
+    before = snapshot(root)
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert names in err, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert snapshot(root) == before
+    assert not [p for p in root.rglob("*") if is_temporary(p.name) and p.suffix == ".tmp"]
+    return err

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,7 +18,7 @@ from ..diagnostics import MIXING
 from ..infer import SAMPLERS
 from ..io import DirectoryLockedError
 from ..train import TrainingDiverged
-from .checks import MAX_COUNT, SEED_LIMIT
+from .checks import MAX_COUNT, SEED_LIMIT, check_device
 from .config import BACKBONES, IMAGE_BACKBONES, IMAGE_DEFAULTS, RunConfig, default_of
 from .evaluation import evaluate_run
 from .reporting import report_run
@@ -70,6 +71,13 @@ def _nonnegative_int(text: str) -> int:
     return _int_in(text, 0, MAX_COUNT)
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        return _int_in(text, low, MAX_COUNT)
+
+    return count
+
+
 def _seed(text: str) -> int:
     return _int_in(text, 0, SEED_LIMIT - 1)
 
@@ -82,6 +90,22 @@ def _positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has (see :func:`~pyro_flowebm.app.checks.check_device`)."""
+    try:
+        check_device("a device", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 def _finite_float(text: str) -> float:
@@ -99,10 +123,10 @@ def _finite_float(text: str) -> float:
 _TRAIN_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("steps", _positive_int, "training steps of the tilt"),
     ("seed", _seed, "seed of the data split, the initialization and training"),
-    ("device", str, "torch device, e.g. cpu or cuda"),
+    ("device", _device, "torch device, e.g. cpu or cuda"),
     ("num_data", _positive_int, "training draws of a toy data set"),
     ("num_heldout", _positive_int, "held-out draws of a toy data set"),
-    ("heldout_fraction", _finite_float, "share of a data file held out"),
+    ("heldout_fraction", _fraction, "share of a data file held out"),
     ("backbone", str,
      "flow preset: auto (realnvp for vectors, glow for images), realnvp, neural_spline, glow"),
     ("backbone_levels", _positive_int, "scales of an image flow"),
@@ -220,7 +244,9 @@ def _sample_parser(commands: Any) -> None:
         "chain at a time (slow); data-hmc: HMC in data space from the same start points, "
         f"the baseline (default: {sampler})",
     )  # fmt: skip
-    sample.add_argument("--device", default=None, help="torch device (default: the run's)")
+    sample.add_argument(
+        "--device", type=_device, default=None, help="torch device (default: the run's)"
+    )
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _common_flags(sample)
 
@@ -247,14 +273,14 @@ def _evaluate_parser(commands: Any) -> None:
     )  # fmt: skip
     num_draws, seed = default_of(evaluate_run, "num_draws"), default_of(evaluate_run, "seed")
     evaluate.add_argument(
-        "--num-draws", dest="num_draws", type=_positive_int, default=num_draws,
+        "--num-draws", dest="num_draws", type=_at_least(2), default=num_draws,
         help=f"draws of each model compared, one a chain (default: {num_draws})",
     )  # fmt: skip
-    _deprecated_flags(evaluate, "evaluate", type=_positive_int)
+    _deprecated_flags(evaluate, "evaluate", type=_at_least(2))
     evaluate.add_argument("--seed", type=_seed, default=seed, help=f"(default: {seed})")
     log_z_particles = default_of(evaluate_run, "log_z_particles")
     evaluate.add_argument(
-        "--log-z-particles", type=_positive_int, default=log_z_particles,
+        "--log-z-particles", type=_at_least(256), default=log_z_particles,
         help="importance-sampling particles of log Z, for the EBM's held-out likelihood "
         f"(annealed SMC with an eighth as many where k-hat > 0.7; default: {log_z_particles})",
     )  # fmt: skip
@@ -318,8 +344,11 @@ def _train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
         config = RunConfig.for_data(args.data, **given)
-    except TypeError as e:
-        raise ValueError(str(e)) from e
+    except (TypeError, ValueError) as e:
+        # The config names its field; the user typed the flag of the same name.
+        named = [field for field in given if re.search(rf"\b{field}\b", str(e))]
+        flag = f"argument --{named[0].replace('_', '-')}: " if named else ""
+        raise ValueError(flag + str(e)) from e
     try:
         train_run(
             args.out, config, resume=args.resume, overwrite=args.overwrite,

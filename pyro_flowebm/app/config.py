@@ -290,5 +290,5 @@ def is_image_data(data: str) -> bool:
     if data in datasets.IMAGE_SETS:
         return True
     if data.endswith(".npy") and Path(data).is_file():
-        return np.load(data, mmap_mode="r").ndim in (3, 4)
+        return len(datasets.npy_shape(data)) in (3, 4)
     return False

@@ -16,7 +16,15 @@ from .. import datasets
 from ..core import rng_state, set_rng_state
 from ..distributions import FlowEBM
 from ..flows import fit_backbone
-from ..io import LOCK_FILE, is_temporary, lock_directory, save_tensors, write_text
+from ..io import (
+    LOCK_FILE,
+    is_temporary,
+    lock_directory,
+    replace_files,
+    save_tensors,
+    tensor_bytes,
+    write_text,
+)
 from ..train import backbone_modules, fit_ebm
 from .checks import check_device, check_fits_in_memory, check_writable_dir
 from .config import RunConfig
@@ -132,13 +140,18 @@ def train_run(
     ``metrics.jsonl`` (one JSON object a step: ``phase``, ``step``, the loss and, for the
     tilt, the metrics of :func:`~pyro_flowebm.fit_ebm`) and ``checkpoint.pt``, written
     atomically (temporary file, then rename) at the end of the backbone fit, every
-    ``checkpoint_every`` steps of the tilt and at the end. Nothing is written before the
-    config and the data have been checked.
+    ``checkpoint_every`` steps of the tilt and at the end; each tensor file carries the
+    SHA-256 of its bytes, checked when it is read. Nothing is written before the config,
+    the data, the device, the memory the model needs and ``out`` have been checked. One
+    process at a time trains in ``out``: it holds the lock ``.pyro_flowebm.lock`` there
+    (:func:`~pyro_flowebm.io.lock_directory`) from the first write to the last.
 
     An existing non-empty ``out`` is left alone unless ``resume`` (continue from the
     last checkpoint, with the same config: on the CPU the final weights equal those of an
-    uninterrupted run) or ``overwrite`` (delete the run's files and start over; only a
-    directory holding a ``config.json`` is overwritten).
+    uninterrupted run; every file of the run is checked before anything is written) or
+    ``overwrite`` (start over: the new data and config are written first, and only then
+    are the old run's files removed; only a directory holding a ``config.json`` is
+    overwritten).
 
     Args:
         out: the run directory (created if missing).
@@ -152,8 +165,12 @@ def train_run(
 
     Raises:
         RunExistsError: ``out`` holds something and neither flag was given.
-        ValueError: bad data (see :func:`~pyro_flowebm.datasets.validate_data`), or a
-            resumed run whose stored config differs from ``config``.
+        ValueError: bad data (see :func:`~pyro_flowebm.datasets.validate_data`), a device
+            this machine lacks, a model too large for its memory, a resumed run whose
+            stored config differs from ``config``, or a damaged file in it.
+        DirectoryLockedError: another process is writing into ``out``.
+        OSError: ``out`` cannot be written (no permission, no space); every file written
+            before is kept.
         TrainingDiverged: training blew up; ``checkpoint.pt`` still holds the last good
             state.
 
@@ -164,7 +181,7 @@ def train_run(
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     ebm = train_run(tmp, config, progress_bar=False)
         ...     sorted(p.name for p in Path(tmp).iterdir())
-        ['checkpoint.pt', 'config.json', 'data.pt', 'metrics.jsonl']
+        ['.pyro_flowebm.lock', 'checkpoint.pt', 'config.json', 'data.pt', 'metrics.jsonl']
     """
     out = Path(out)
     check_device("device", config.device)
@@ -195,15 +212,18 @@ def train_run(
 
 
 def _start(out: Path, config: RunConfig, data: tuple[Tensor, Tensor, int | None]) -> None:
-    """Begin a run in ``out``: remove an overwritten run's files, write the data and config."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for path in out.iterdir():
-        if is_temporary(path.name) and path.name != LOCK_FILE:
-            path.unlink(missing_ok=True)  # left by a killed process; we hold the lock
+    """Begin a run in ``out``: write its data and config and remove an overwritten run's
+    files, in that order (a full disk stops it before the old run is touched), and the
+    temporary files of killed processes (this one holds the lock)."""
     train, heldout, levels = data
-    save_tensors({"train": train, "heldout": heldout, "levels": levels}, out / DATA)
-    write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+    stale = [p for p in out.iterdir() if is_temporary(p.name) and p.name != LOCK_FILE]
+    replace_files(
+        {
+            out / DATA: tensor_bytes({"train": train, "heldout": heldout, "levels": levels}),
+            out / CONFIG: (json.dumps(config.to_dict(), indent=2) + "\n").encode(),
+        },
+        remove=[*(out / name for name in RUN_FILES), *stale],
+    )
 
 
 def _resumed(out: Path, config: RunConfig, ebm: FlowEBM) -> tuple[Tensor, Tensor, Any]:

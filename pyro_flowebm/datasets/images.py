@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..core import check_int
+from .files import npy_shape
 
 __all__ = ["IMAGE_SETS", "ImageSet", "check_levels", "dequantize", "load_images"]
 
@@ -232,17 +233,20 @@ def _load_npy(path: Path, split: str) -> ImageSet:
         raise FileNotFoundError(
             f"expected an existing .npy file of images, got {path}: no such file"
         )
+    # The header first: a file that is not a .npy of numbers, or whose data does not fit
+    # in it, is refused before anything is read or allocated.
+    shape = npy_shape(path)
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"expected images of shape (N, C, H, W) or (N, H, W) in {path}, got "
+            f"{len(shape)}-D shape {shape}"
+        )
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         raise ValueError(f"expected a numeric NumPy array in {path}, got: {e}") from e
     if array.ndim == 3:
         array = array[:, None]
-    if array.ndim != 4:
-        raise ValueError(
-            f"expected images of shape (N, C, H, W) or (N, H, W) in {path}, got "
-            f"{array.ndim}-D shape {array.shape}"
-        )
     if 0 in array.shape:
         raise ValueError(
             f"expected at least one image of at least one pixel in {path}, got shape {array.shape}"
@@ -393,10 +397,12 @@ def load_images(
     Raises:
         FileNotFoundError: a missing ``.npy`` file, or CIFAR-10 or SVHN files missing from
             ``root`` (the message names the path expected).
-        ValueError: an unknown source or split, or a ``.npy`` array refused by the rules
-            above: another ndim, no image, NaN or infinite values, negative values, floats
-            outside ``[0, 1]``, more than 65,536 integer levels, or fewer than 2 images to
-            split.
+        ValueError: an unknown source or split, a ``.npy`` file that
+            :func:`~pyro_flowebm.datasets.npy_shape` refuses (unreadable, not a ``.npy``
+            file, damaged, truncated, or holding Python objects, which are never
+            unpickled), or a ``.npy`` array refused by the rules above: another ndim, no
+            image, NaN or infinite values, negative values, floats outside ``[0, 1]``, more
+            than 65,536 integer levels, or fewer than 2 images to split.
 
     Example:
         >>> train = load_images("digits")

@@ -19,7 +19,7 @@ import pickle
 import socket
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ __all__ = [
     "is_temporary",
     "load_tensors",
     "lock_directory",
+    "replace_files",
     "save_tensors",
+    "tensor_bytes",
     "write_bytes",
     "write_text",
 ]
@@ -81,6 +83,29 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _stage(data: bytes, path: Path) -> Path:
+    """Write ``data`` to a new temporary file beside ``path``, flushed to disk; returns it.
+    On any error nothing is left behind and the ``OSError`` names ``path``."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise _named(e, path) from e
+    tmp = Path(name)
+    try:
+        try:
+            os.fchmod(fd, _mode_of(path))
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _named(e, path) from e
+        raise
+    return tmp
+
+
 def write_bytes(data: bytes, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` whole or not at all.
 
@@ -104,29 +129,57 @@ def write_bytes(data: bytes, path: str | os.PathLike[str], *, overwrite: bool = 
         ...     Path(tmp, "a.bin").read_bytes()
         b'hi'
     """
-    path = Path(path)
+    replace_files({Path(path): data}, overwrite=overwrite)
+
+
+def replace_files(
+    files: Mapping[Path, bytes], remove: Iterable[Path] = (), *, overwrite: bool = True
+) -> None:
+    """Write several files, all or none: each to a temporary file first; only when every
+    one is on disk are the files of ``remove`` deleted and the new ones renamed in place.
+
+    A full disk or a refused permission while writing leaves everything as it was; a
+    crash after that leaves the new files or the old ones of each name.
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     old = Path(tmp, "old.txt")
+        ...     _ = old.write_text("old run")
+        ...     replace_files({Path(tmp, "new.txt"): b"new run"}, remove=[old])
+        ...     sorted(p.name for p in Path(tmp).iterdir())
+        ['new.txt']
+    """
+    staged: dict[Path, Path] = {}
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    except OSError as e:
-        raise _named(e, path) from e
-    tmp = Path(name)
+        for path, data in files.items():
+            staged[path] = _stage(data, path)
+        for path in remove:
+            path.unlink(missing_ok=True)
+        for path, tmp in staged.items():
+            try:
+                if overwrite:
+                    os.replace(tmp, path)
+                else:
+                    os.link(tmp, path)
+                    tmp.unlink()
+            except OSError as e:
+                raise _named(e, path) from e
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    for directory in {path.parent for path in files}:
+        _fsync_directory(directory)
+
+
+def _mode_of(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: those of the file it replaces, or
+    what ``open`` would give a new one under the process's umask (``mkstemp`` gives 0600)."""
     try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            tmp.unlink()
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _named(e, path) from e
-        raise
-    _fsync_directory(path.parent)
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _named(error: OSError, path: Path) -> OSError:
@@ -171,11 +224,21 @@ def save_tensors(obj: Any, path: str | os.PathLike[str]) -> None:
         ...     Path(tmp, "t.pt").read_bytes().startswith(DIGEST_HEADER)
         True
     """
+    write_bytes(tensor_bytes(obj), path)
+
+
+def tensor_bytes(obj: Any) -> bytes:
+    """The bytes :func:`save_tensors` writes: the digest line, then ``torch.save``'s archive.
+
+    Example:
+        >>> tensor_bytes(torch.zeros(1))[:20]
+        b'pyro_flowebm-tensors'
+    """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
     digest = hashlib.sha256(payload).hexdigest().encode("ascii")
-    write_bytes(DIGEST_HEADER + digest + b"\n" + payload, path)
+    return DIGEST_HEADER + digest + b"\n" + payload
 
 
 def load_tensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
