@@ -31,6 +31,8 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 # `report --strict`: the verdict is not `mixing`.
 EXIT_NOT_MIXING = 3
+# Ctrl-C, as shells report SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -432,6 +434,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return command(args)
+    except KeyboardInterrupt:
+        hint = (
+            " (the last checkpoint is kept: continue with --resume)"
+            if args.command == "train"
+            else ""
+        )
+        print(f"pyro-flowebm {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:
         message = _expected_failure(e)
         if message is None:

@@ -294,7 +294,10 @@ def load_run(run_dir: str | os.PathLike[str], *, device: str | None = None) -> F
     config = read_config(run_dir)
     if device is not None:
         config = dataclasses.replace(config, device=device)
-    check_device("device", config.device)
+    try:
+        check_device("device", config.device)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass device= (--device) to load the run elsewhere") from e
     checkpoint = read_checkpoint(run_dir, config.device)
     ebm = config.build(tuple(checkpoint["event_shape"]))
     _load_state(ebm, checkpoint, Path(run_dir) / CHECKPOINT, rng=False)

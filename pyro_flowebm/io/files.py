@@ -11,13 +11,13 @@ whenever the process lives to do it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import io
 import os
 import pickle
 import socket
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -302,7 +302,9 @@ def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
 
     The lock is ``fcntl.flock`` on :data:`LOCK_FILE` in the directory; the operating
     system releases it when the process ends, however it ends, so a killed run never
-    leaves a stale lock. The holder writes its process id and host into the file.
+    leaves a stale lock. The holder writes its process id and host into the file. (Where
+    there is no ``fcntl``, on Windows, the block runs unlocked with a warning.) The lock
+    is advisory and, on network file systems, only as good as their ``flock``.
 
     Raises:
         DirectoryLockedError: another process holds the lock; the message names it.
@@ -312,6 +314,14 @@ def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
         ...     with lock_directory(tmp):
         ...         pass
     """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): run unlocked, and say so
+        warnings.warn(
+            f"no directory locks on this platform: {directory} is not locked", stacklevel=3
+        )
+        yield
+        return
     path = Path(directory) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
