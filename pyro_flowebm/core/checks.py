@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Checked",
     "check_choice",
+    "check_differentiable",
     "check_event_shape",
     "check_finite",
+    "check_floating",
     "check_int",
     "check_nonnegative",
     "check_points",
@@ -149,3 +153,93 @@ def check_points(name: str, value: Tensor, event_shape: Sequence[int], minimum: 
         noun = "point" if minimum == 1 else "points"
         raise ValueError(f"expected at least {minimum} {name} {noun}, got {value.shape[0]}")
     check_finite(name, value)
+
+
+def check_floating(name: str, value: object, dtype: torch.dtype | None = None) -> None:
+    """A floating-point tensor, of ``dtype`` when one is given.
+
+    Example:
+        >>> check_floating("init", torch.zeros(2, dtype=torch.long))
+        Traceback (most recent call last):
+        ...
+        TypeError: expected init as a floating-point tensor, got dtype torch.int64
+        >>> init = torch.zeros(2, dtype=torch.float64)
+        >>> check_floating("init", init, torch.float32)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: expected init of dtype torch.float32, got torch.float64: cast it ...
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"expected {name} as a floating-point tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"expected {name} as a floating-point tensor, got dtype {value.dtype}")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(
+            f"expected {name} of dtype {dtype}, got {value.dtype}: cast it with .to({dtype})"
+        )
+
+
+def check_differentiable(
+    name: str, output: Tensor, grad: Tensor | None, trainable: bool = False
+) -> None:
+    """An ``output`` that autograd traces back to its input (``grad``, the gradient that
+    reached the input, is not ``None``), unless it is constant where finite and has no
+    trainable parameters: what a sampler's potential or an energy must be for the gradient
+    to be the potential's.
+
+    Example:
+        >>> x = torch.arange(3.0, requires_grad=True)
+        >>> y = 2 * x.detach()  # a .detach() inside a potential
+        >>> check_differentiable("the potential", y, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: expected the potential to be differentiable in its input, got an output ...
+        >>> check_differentiable("the potential", torch.zeros(3), None)  # constant: legal
+    """
+    if grad is not None:
+        return
+    finite = output[torch.isfinite(output)]
+    if not trainable and bool((finite == finite[:1]).all()):
+        return
+    raise ValueError(
+        f"expected {name} to be differentiable in its input, got an output that autograd does not "
+        f"trace back to it (requires_grad={output.requires_grad}): a .detach(), .item(), "
+        ".numpy() or torch.no_grad() inside it makes a sampler move on a wrong gradient"
+    )
+
+
+T = TypeVar("T")
+
+
+class Checked(Generic[T]):
+    """An attribute checked whenever it is set, in the constructor or after it:
+    ``check(name, value)`` returns the value to keep or raises.
+
+    Example:
+        >>> class Kernel:
+        ...     step_size = Checked(check_positive)
+        ...     def __init__(self, step_size: float) -> None:
+        ...         self.step_size = step_size
+        >>> kernel = Kernel(0.1)
+        >>> kernel.step_size = float("nan")
+        Traceback (most recent call last):
+        ...
+        ValueError: expected step_size > 0, got nan
+        >>> kernel.step_size
+        0.1
+    """
+
+    def __init__(self, check: Callable[[str, Any], T]) -> None:
+        self.check = check
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> T:
+        if instance is None:
+            return self  # type: ignore[return-value]
+        return instance.__dict__[self.name]
+
+    def __set__(self, instance: object, value: Any) -> None:
+        instance.__dict__[self.name] = self.check(self.name, value)

@@ -9,11 +9,12 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import constraints
 from torch.distributions.transforms import ComposeTransform
 
 from ..core import check_event_shape, check_finite, check_int
+from ..core.checks import check_differentiable, check_floating
 from .resampling import ImportanceResampler, LatentSampler
 
 __all__ = ["FlowEBM", "LatentFlowEBM"]
@@ -139,12 +140,23 @@ class FlowEBM(TorchDistribution):
     def energy_of(self, x: Tensor) -> Tensor:
         """:math:`E(x)` for ``x`` of shape ``(..., *event_shape)``; returns shape ``(...)``.
 
-        Leading dimensions are flattened for the energy network and restored.
+        Leading dimensions are flattened for the energy network and restored. The energy
+        must return a tensor of ``x``'s dtype, of shape ``(N,)`` or ``(N, 1)`` for ``N``
+        points (checked at every call: dtype and shape are free to read).
         """
         check_event_shape(x, self.event_shape, "x")
         batch_shape = x.shape[: x.dim() - len(self.event_shape)]
         flat = x.reshape(-1, *self.event_shape)
         e = self.energy(flat)
+        if not isinstance(e, Tensor):
+            raise TypeError(
+                f"expected the energy to return a tensor of shape ({flat.shape[0]},), "
+                f"got {type(e).__name__}"
+            )
+        if e.dtype != flat.dtype:
+            raise TypeError(
+                f"expected the energy to return dtype {flat.dtype} (the points'), got {e.dtype}"
+            )
         if e.shape not in ((flat.shape[0],), (flat.shape[0], 1)):
             raise ValueError(
                 f"expected the energy to return shape ({flat.shape[0]},) or "
@@ -152,6 +164,49 @@ class FlowEBM(TorchDistribution):
                 f"got {tuple(e.shape)}"
             )
         return e.reshape(batch_shape)
+
+    def check_energy(self, x: Tensor) -> None:
+        r"""Check the energy once on points ``x`` ``(N, *event_shape)`` before sampling or
+        training: a floating-point tensor of ``x``'s dtype and shape ``(N,)``
+        (:meth:`energy_of`'s checks), differentiable in ``x``.
+
+        The gradient of the latent potential :math:`\tfrac12|z|^2 + E(g(z))` misses the
+        energy term when the energy's output is not traced back to ``x`` by autograd (a
+        ``.detach()``, ``.item()`` or ``torch.no_grad()`` in its forward): samplers would
+        move on the backbone alone. An energy constant where finite and without trainable
+        parameters is legal. Buffers that a forward in training mode updates (spectral
+        norm's power iteration, batch norm's statistics) are restored: the check leaves the
+        energy as it found it.
+
+        Raises:
+            TypeError: ``x`` is not a floating-point tensor, or the energy returns another
+                dtype or no tensor.
+            ValueError: a wrong shape, or an energy not differentiable in ``x``.
+
+        Example:
+            >>> from pyro_flowebm import flow_backbone, flows
+            >>> q = flow_backbone(flows.realnvp(2, 2, 8), (2,))
+            >>> FlowEBM(q, lambda x: x.pow(2).sum(-1)).check_energy(torch.randn(4, 2))
+            >>> detached = FlowEBM(q, lambda x: x.pow(2).sum(-1).detach())
+            >>> detached.check_energy(torch.randn(4, 2))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: expected the energy to be differentiable in its input, got an output ...
+        """
+        check_floating("x", x)
+        module = self.energy if isinstance(self.energy, nn.Module) else nn.Module()
+        saved = [(b, b.clone()) for b in module.buffers()]
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            e = self.energy_of(x)
+            grad = (
+                torch.autograd.grad(e.sum(), x, allow_unused=True)[0] if e.requires_grad else None
+            )
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        trainable = any(p.requires_grad for p in module.parameters())
+        check_differentiable("the energy", e, grad, trainable)
 
     def _validate_value(self, value: Tensor) -> None:
         check_event_shape(value, self.event_shape)

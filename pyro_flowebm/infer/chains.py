@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core import __version__, check_finite, check_int, seeded
+from ..core.checks import check_floating
 from ..distributions import FlowEBM
 from ..io import to_inference_data
 from .adaptation import Adaptation
@@ -22,7 +23,7 @@ from .state import ChainState, Potential, StepInfo
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["advance", "check_init", "corrected_sample", "run_chains"]
+__all__ = ["advance", "check_counts", "check_init", "corrected_sample", "run_chains"]
 
 # The kernel of corrected_sample when none is given.
 _CORRECTION_KERNEL = {"step_size": 0.2, "num_steps": 5}
@@ -57,6 +58,8 @@ def _check_start(
     target: FlowEBM | Potential, init: Tensor | None
 ) -> tuple[Potential, FlowEBM | None]:
     """The potential to move on, and the FlowEBM if the target is one."""
+    if init is not None:
+        check_floating("init", init)
     if isinstance(target, FlowEBM):
         return target.chain_potential, target
     if not callable(target):
@@ -66,9 +69,30 @@ def _check_start(
     return target, None
 
 
+def check_counts(
+    num_chains: int, num_samples: int, warmup_steps: int, thin: int, seed: int | None
+) -> None:
+    """The counts of a run of chains: at least one chain and one kept draw, no negative
+    warm-up, ``thin >= 1``, and a seed that is ``None`` or a non-negative integer.
+
+    Example:
+        >>> check_counts(4, 100, 0, 1, seed=2.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: expected an integer seed, got float 2.5
+    """
+    check_int("num_chains", num_chains, 1)
+    check_int("num_samples", num_samples, 1)
+    check_int("warmup_steps", warmup_steps, 0)
+    check_int("thin", thin, 1)
+    if seed is not None:
+        check_int("seed", seed, 0)
+
+
 def check_init(init: Tensor, num_chains: int, ebm: FlowEBM | None = None) -> None:
-    """Starting positions of ``num_chains`` chains, all finite: of shape
-    ``(num_chains, *batch_shape, *event_shape)`` for ``ebm``, else ``num_chains`` rows.
+    """Starting positions of ``num_chains`` chains, all finite, a floating-point tensor: of
+    shape ``(num_chains, *batch_shape, *event_shape)`` and of the model's dtype (its base
+    distribution's) for ``ebm``, else ``num_chains`` rows.
 
     Example:
         >>> check_init(torch.zeros(3, 2), 4)
@@ -76,6 +100,7 @@ def check_init(init: Tensor, num_chains: int, ebm: FlowEBM | None = None) -> Non
         ...
         ValueError: expected init with 4 chains in its first dimension, got shape (3, 2)
     """
+    check_floating("init", init, None if ebm is None else ebm.base_dist.mean.dtype)
     if ebm is not None:
         shape = (num_chains, *ebm.batch_shape, *ebm.event_shape)
         if tuple(init.shape) != shape:
@@ -92,6 +117,9 @@ def _initial_state(
     kernel: Kernel, potential: Potential, init: Tensor, ebm: FlowEBM | None, num_chains: int
 ) -> ChainState:
     check_init(init, num_chains, ebm)
+    if ebm is not None:
+        with torch.no_grad():
+            ebm.check_energy(ebm.transform(init).reshape(-1, *ebm.event_shape))
     state = kernel.init(init, potential)
     bad = ~torch.isfinite(state.potential)
     if bad.any():
@@ -182,10 +210,7 @@ def run_chains(
         >>> idata.posterior["x"].shape
         (64, 50, 2)
     """
-    check_int("num_chains", num_chains, 1)
-    check_int("num_samples", num_samples, 1)
-    check_int("warmup_steps", warmup_steps, 0)
-    check_int("thin", thin, 1)
+    check_counts(num_chains, num_samples, warmup_steps, thin, seed)
     if not isinstance(kernel, Kernel):
         raise TypeError(f"expected a pyro_flowebm.infer kernel, got {type(kernel).__name__}")
     potential, ebm = _check_start(target, init)
@@ -308,10 +333,14 @@ def corrected_sample(
     if not isinstance(ebm, FlowEBM):
         raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
     check_int("mcmc_steps", mcmc_steps, 0)
+    if kernel is not None and not isinstance(kernel, Kernel):
+        raise TypeError(f"expected a pyro_flowebm.infer kernel, got {type(kernel).__name__}")
     kernel = kernel if kernel is not None else HMC(**_CORRECTION_KERNEL)
     sample_shape = torch.Size(sample_shape)
     with seeded(seed, ebm.base_dist.mean.device):
         z = ebm.base_dist.sample(sample_shape).reshape(-1, *ebm.batch_shape, *ebm.event_shape)
+        with torch.no_grad():
+            ebm.check_energy(ebm.transform(z).reshape(-1, *ebm.event_shape))
         state = kernel.init(z, ebm.chain_potential)
         adaptation = kernel.adaptation(z, mcmc_steps // 2)
         for i in range(mcmc_steps):

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from typing import Any
 
 import torch
+from pyro.distributions import is_validation_enabled, validation_enabled
 from torch import Tensor
 
-from ..core import check_int, check_positive, check_probability
+from ..core import check_int, check_nonnegative, check_positive, check_probability
+from ..core.checks import Checked
 from .adaptation import HMCAdaptation
 from .integrators import COMPILE_OPTIONS, functional_leapfrog_step, leapfrog_step
 from .kernel import Kernel
 from .state import ChainState, Params, Potential, StepInfo, expand_chains, select_chains, sum_event
 
 __all__ = ["HMC", "MALA"]
+
+
+def _check_jitter(name: str, value: object) -> float:
+    number = check_nonnegative(name, value)
+    if number >= 1:
+        raise ValueError(f"expected 0 <= {name} < 1, got {value}")
+    return number
 
 
 class HMC(Kernel):
@@ -61,6 +71,15 @@ class HMC(Kernel):
         Neal. MCMC using Hamiltonian dynamics. arXiv:1206.1901.
     """
 
+    # Checked when set, in the constructor or later (``kernel.step_size = 0.05``).
+    step_size = Checked(check_positive)
+    num_steps = Checked(partial(check_int, minimum=1))
+    target_accept_prob = Checked(check_probability)
+    init_trajectory_length = Checked(check_positive)
+    max_num_steps = Checked(partial(check_int, minimum=1))
+    max_energy_error = Checked(check_positive)
+    step_size_jitter = Checked(_check_jitter)
+
     def __init__(
         self,
         step_size: float = 0.1,
@@ -77,27 +96,26 @@ class HMC(Kernel):
         step_size_jitter: float = 0.1,
         compile: bool = False,
     ) -> None:
-        self.step_size = check_positive("step_size", step_size)
-        self.num_steps = check_int("num_steps", num_steps, 1)
+        self.step_size = step_size
+        self.num_steps = num_steps
         self.adapt_step_size = bool(adapt_step_size)
-        self.target_accept_prob = check_probability("target_accept_prob", target_accept_prob)
+        self.target_accept_prob = target_accept_prob
         self.per_chain_step_size = bool(per_chain_step_size)
         self.adapt_mass_matrix = bool(adapt_mass_matrix)
         self.chees = bool(chees)
-        self.init_trajectory_length = check_positive(
-            "init_trajectory_length", init_trajectory_length
-        )
-        self.max_num_steps = check_int("max_num_steps", max_num_steps, 1)
-        self.max_energy_error = check_positive("max_energy_error", max_energy_error)
-        if not 0 <= step_size_jitter < 1:
-            raise ValueError(f"expected 0 <= step_size_jitter < 1, got {step_size_jitter}")
-        self.step_size_jitter = float(step_size_jitter)
+        self.init_trajectory_length = init_trajectory_length
+        self.max_num_steps = max_num_steps
+        self.max_energy_error = max_energy_error
+        self.step_size_jitter = step_size_jitter
         self.compile = bool(compile)
-        self._leapfrog_step = (
-            torch.compile(functional_leapfrog_step, options=COMPILE_OPTIONS)
-            if compile
-            else leapfrog_step
-        )
+        self._leapfrog_step = leapfrog_step
+        if compile:
+            # torch.compile switches torch.distributions' argument validation off for the
+            # whole process (torch._dynamo patches torch once): give the setting back.
+            with validation_enabled(is_validation_enabled()):
+                self._leapfrog_step = torch.compile(
+                    functional_leapfrog_step, options=COMPILE_OPTIONS
+                )
 
     def init_params(self, position: Tensor) -> Params:
         """The constructor's step size (one shared, or one per chain), the identity mass,

@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..core.checks import check_differentiable, check_floating
 from .adaptation import Adaptation
-from .state import ChainState, Potential, StepInfo, value_and_grad
+from .state import ChainState, Potential, StepInfo
 
 __all__ = ["Kernel"]
 
@@ -25,6 +26,33 @@ class _Legacy(NamedTuple):
 
     potential: Potential
     adaptation: Adaptation
+
+
+def _first_value_and_grad(potential: Potential, position: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`~pyro_flowebm.infer.value_and_grad` at the chains' start, with the checks of
+    what the potential returns that later steps skip: a floating-point tensor of shape
+    ``(C,)``, differentiable in the positions (or constant where finite)."""
+    check_floating("position", position)
+    with torch.enable_grad():
+        q = position.detach().requires_grad_(True)
+        u = potential(q)
+        if not isinstance(u, Tensor):
+            raise TypeError(
+                f"expected the potential to return a tensor of shape ({q.shape[0]},), "
+                f"got {type(u).__name__} {u!r}"
+            )
+        if not u.is_floating_point():
+            raise TypeError(
+                f"expected the potential to return floating-point values, got {u.dtype}"
+            )
+        if u.shape != q.shape[:1]:
+            raise ValueError(
+                f"expected the potential to return shape ({q.shape[0]},) for positions of "
+                f"shape {tuple(q.shape)}, got {tuple(u.shape)}"
+            )
+        grad = torch.autograd.grad(u.sum(), q, allow_unused=True)[0] if u.requires_grad else None
+    check_differentiable("the potential", u, grad)
+    return u.detach(), torch.zeros_like(q) if grad is None else grad.detach()
 
 
 class Kernel:
@@ -49,7 +77,11 @@ class Kernel:
     ) -> ChainState:
         """The state of chains at ``position`` ``(C, *event_shape)`` on ``potential``.
 
-        ``legacy`` and ``legacy_kwargs`` take the ``warmup_steps`` of the deprecated form.
+        The one evaluation of the potential here is checked: it must return a
+        floating-point tensor of shape ``(C,)`` that autograd traces back to the positions
+        (a ``.detach()`` or ``torch.no_grad()`` inside it would leave the chains moving on a
+        wrong gradient), unless it is constant where finite. ``legacy`` and
+        ``legacy_kwargs`` take the ``warmup_steps`` of the deprecated form.
         """
         if callable(position) and isinstance(potential, Tensor):
             warnings.warn(
@@ -62,7 +94,7 @@ class Kernel:
             position, potential = potential, position
             warmup_steps = legacy[0] if legacy else legacy_kwargs.get("warmup_steps", 0)
             self._legacy = _Legacy(potential, self.adaptation(position, warmup_steps))
-        return ChainState(position.detach(), *value_and_grad(potential, position))
+        return ChainState(position.detach(), *_first_value_and_grad(potential, position))
 
     def init_params(self, position: Tensor) -> Any:
         """The tuning parameters the kernel starts with, for chains shaped like ``position``."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..core import check_positive
+from ..core.checks import Checked
 from .kernel import Kernel
 from .state import ChainState, Params, Potential, StepInfo, select_chains, sum_event, value_and_grad
 
@@ -38,8 +39,11 @@ class ULA(Kernel):
         discrete approximations. Bernoulli 1996.
     """
 
+    # Checked when set, in the constructor or later.
+    step_size = Checked(check_positive)
+
     def __init__(self, step_size: float = 0.1) -> None:
-        self.step_size = check_positive("step_size", step_size)
+        self.step_size = step_size
 
     def init_params(self, position: Tensor) -> Params:
         factory = {"dtype": position.dtype, "device": position.device}

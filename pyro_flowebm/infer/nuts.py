@@ -15,7 +15,7 @@ from torch import Tensor
 from ..core import check_int, check_probability, seeded
 from ..distributions import FlowEBM
 from ..io import to_inference_data
-from .chains import check_init
+from .chains import check_counts, check_init
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -115,6 +115,19 @@ def _run_nuts(
     return draws, stats
 
 
+def _start(ebm: FlowEBM, latent: bool, init: Tensor | None, num_chains: int) -> Tensor:
+    """The chains' starting points, checked (default: draws of the backbone, in latent
+    or data space), and the energy checked there."""
+    if init is None:
+        q = ebm.base_dist if latent else ebm.backbone
+        init = q.sample((num_chains,))
+    check_init(init, num_chains, ebm)
+    with torch.no_grad():
+        x = ebm.transform(init) if latent else init
+        ebm.check_energy(x.reshape(-1, *ebm.event_shape))
+    return init
+
+
 def _nuts(
     ebm: FlowEBM,
     space: str,
@@ -130,18 +143,13 @@ def _nuts(
     """NUTS chains on ``ebm`` in ``space`` ("latent" or "data"), as InferenceData."""
     if not isinstance(ebm, FlowEBM):
         raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
-    check_int("num_samples", num_samples, 1)
-    check_int("warmup_steps", warmup_steps, 0)
-    check_int("num_chains", num_chains, 1)
+    check_counts(num_chains, num_samples, warmup_steps, 1, seed)
     check_probability("target_accept_prob", target_accept_prob)
     check_int("max_tree_depth", max_tree_depth, 1)
     latent = space == "latent"
     start = time.perf_counter()
     with seeded(seed, ebm.base_dist.mean.device):
-        if init is None:
-            q = ebm.base_dist if latent else ebm.backbone  # both start from the backbone
-            init = q.sample((num_chains,))
-        check_init(init, num_chains, ebm)
+        init = _start(ebm, latent, init, num_chains)
         potential = ebm.latent_potential if latent else ebm.data_potential
         settings = (num_samples, warmup_steps, target_accept_prob, max_tree_depth, progress_bar)
         draws, stats = _run_nuts(potential, init, *settings)

@@ -9,7 +9,7 @@ import torch
 
 from ..core import check_choice, seeded
 from ..distributions import FlowEBM
-from .chains import run_chains
+from .chains import check_counts, run_chains
 from .cycle import Cycle
 from .hmc import HMC
 from .independence import IndependenceMH
@@ -84,7 +84,12 @@ def sample_ebm(
         >>> idata.posterior["x"].shape, idata.posterior.attrs["preset"]
         ((8, 10, 2), 'hmc')
     """
+    if not isinstance(ebm, FlowEBM):
+        raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
     check_choice("sampler", sampler, SAMPLERS)
+    # Here as well as in run_chains: the data-space preset draws its starting points
+    # before run_chains sees num_chains.
+    check_counts(num_chains, num_samples, warmup_steps, thin, seed)
     if sampler == "nuts":
         if thin != 1:
             raise ValueError(f"expected thin=1 with the nuts sampler, got {thin}")
@@ -96,6 +101,9 @@ def sample_ebm(
             start = ebm.base_dist.sample((num_chains,))  # run_chains' latent start
         with torch.no_grad():
             start = ebm.transform(start)
+            # run_chains checks a potential function, but data_potential's -log q term
+            # carries a gradient even where the energy's is missing.
+            ebm.check_energy(start.reshape(-1, *ebm.event_shape))
         idata = run_chains(
             ebm.data_potential, preset_kernel(sampler), num_chains, num_samples, warmup_steps,
             init=start, thin=thin, seed=seed, progress_bar=progress_bar,

@@ -420,7 +420,10 @@ def fit_ebm(
         ``lr``, and the validation metrics where computed.
 
     Raises:
-        ValueError: bad data (shape, non-finite, fewer than two points) or arguments.
+        TypeError: a model that is not a FlowEBM, or an energy of another dtype than the
+            data (cast to the dtype of the energy's parameters).
+        ValueError: bad data (shape, non-finite, fewer than two points) or arguments, or
+            an energy not differentiable in its input.
         TrainingDiverged: the guard tripped.
 
     Example:
@@ -443,6 +446,8 @@ def fit_ebm(
             "fit_ebm(backbone_lr=) is deprecated: use finetune_lr=", DeprecationWarning, 2
         )
         finetune_lr = backbone_lr if finetune_lr is None else finetune_lr
+    if not isinstance(ebm, FlowEBM):
+        raise TypeError(f"expected a FlowEBM, got {type(ebm).__name__}")
     energy_params = list(ebm.energy.parameters()) if isinstance(ebm.energy, nn.Module) else []
     if not energy_params:
         raise ValueError("expected an energy with trainable parameters (an nn.Module), got none")
@@ -454,6 +459,9 @@ def fit_ebm(
         max_energy=max_energy, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     data, heldout = _prepare_data(ebm, data, validation_data, dequantize)
+    # Once, before the first step: an energy without a gradient would not train, and its
+    # chains would move on the backbone alone.
+    ebm.check_energy(data[: settings.batch_size])
     settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, data.shape[0]))
     state = _new_state(ebm, settings)
     if resume is not None:
