@@ -23,6 +23,7 @@ from torch import Tensor
 
 from pyro_flowebm import FlowEBM, fit_backbone, flow_backbone, flows
 from pyro_flowebm.datasets import eight_gaussians, eight_gaussians_modes
+from pyro_flowebm.infer import HMC
 from pyro_flowebm.io import arviz
 from pyro_flowebm.metrics import assign_modes
 from pyro_flowebm.nn import MLPEnergy
@@ -171,6 +172,20 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def hmc_runner(kernel: HMC, potential: Callable[[Tensor], Tensor], q: Tensor, iters: int):
+    """A closure running ``iters`` HMC steps from a kept state, and that state's holder."""
+    params = kernel.init_params(q)
+    holder = {"state": kernel.init(q, potential)}
+
+    def run() -> None:
+        state = holder["state"]
+        for _ in range(iters):
+            state, info = kernel.step(state, potential, params)
+        holder["state"], holder["info"] = state, info
+
+    return run, holder
 
 
 # -- models -----------------------------------------------------------------------------------

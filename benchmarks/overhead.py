@@ -47,6 +47,7 @@ import torch
 from _common import (
     base_parser,
     freeze,
+    hmc_runner,
     markdown_table,
     median,
     random_ebm,
@@ -104,20 +105,6 @@ def time_interleaved(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed(runs[name]))
     return times
-
-
-def hmc_runner(kernel: HMC, potential: Callable[[Tensor], Tensor], q: Tensor, iters: int):
-    """A closure running ``iters`` HMC steps from a kept state, and that state's holder."""
-    params = kernel.init_params(q)
-    holder = {"state": kernel.init(q, potential)}
-
-    def run() -> None:
-        state = holder["state"]
-        for _ in range(iters):
-            state, info = kernel.step(state, potential, params)
-        holder["state"], holder["info"] = state, info
-
-    return run, holder
 
 
 def grad_runner(potential: Callable[[Tensor], Tensor], q: Tensor, calls: int):

@@ -60,6 +60,7 @@ from _common import (
     ess_bulk,
     fitted_eight_gaussians,
     fmt_rhat,
+    hmc_runner,
     markdown_table,
     median,
     mode_indicator_ess,
@@ -128,32 +129,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- 1. speed, interleaved --------------------------------------------------------------------
 
 
-def hmc_runner(kernel: HMC, potential, q: torch.Tensor, n: int) -> Callable[[], None]:
-    """A callable doing ``n`` iterations of ``kernel``, each call going on from the last."""
-    params = kernel.init_params(q)
-    holder = {"state": kernel.init(q, potential)}
-
-    def run() -> None:
-        state = holder["state"]
-        for _ in range(n):
-            state, _ = kernel.step(state, potential, params)
-        holder["state"] = state
-
-    return run
-
-
 def speed_callables(ebm, potential, q, args, jax, blackjax) -> tuple[dict, dict]:
     """The interleaved rows at one chain count, and notes (first calls, acceptance)."""
     jnp = jax.numpy
     L, n, eps = args.num_steps, args.iters, args.step_size
     q_jax = jnp.asarray(q.numpy())
     # Fixed parameters and no step-size jitter: BlackJAX's HMC, written as its users write it.
-    calls = {"ours eager": hmc_runner(HMC(eps, L, step_size_jitter=0.0), ebm.chain_potential, q, n)}
+    calls = {
+        "ours eager": hmc_runner(HMC(eps, L, step_size_jitter=0.0), ebm.chain_potential, q, n)[0]
+    }
     notes: dict[str, Any] = {}
     if not args.no_compile:
         torch.compiler.reset()  # a static-shape compile for this chain count, as in one run
         kernel = HMC(eps, L, step_size_jitter=0.0, compile=True)
-        run = hmc_runner(kernel, ebm.chain_potential, q, 1)
+        run = hmc_runner(kernel, ebm.chain_potential, q, 1)[0]
         try:
             notes["ours compiled first step (s), in process"] = timed(run)
         except Exception as exc:  # report any compiler failure, whatever its type
@@ -161,7 +150,7 @@ def speed_callables(ebm, potential, q, args, jax, blackjax) -> tuple[dict, dict]
             notes["ours compiled error"] = f"{type(exc).__name__}: {message[-1:]}"[:200]
             print(f"  ours compiled: failed ({notes['ours compiled error']})")
         else:
-            calls["ours compiled"] = hmc_runner(kernel, ebm.chain_potential, q, n)
+            calls["ours compiled"] = hmc_runner(kernel, ebm.chain_potential, q, n)[0]
 
     def torch_grads() -> None:
         for _ in range(n * L):
@@ -292,7 +281,9 @@ def child(args: argparse.Namespace) -> None:
     ebm = random_ebm(args.seed, torch.float32)
     q = torch.randn(C, 2, generator=torch.Generator().manual_seed(args.seed))
     if args.child == "ours":
-        run = hmc_runner(HMC(eps, L, step_size_jitter=0.0, compile=True), ebm.chain_potential, q, 1)
+        run = hmc_runner(
+            HMC(eps, L, step_size_jitter=0.0, compile=True), ebm.chain_potential, q, 1
+        )[0]
         out = {"first_step_s": timed(run), "second_step_s": timed(run)}
     else:
         jax, blackjax, _ = import_jax(args.threads)
