@@ -303,3 +303,46 @@ def test_an_image_npy_file_trains_and_odd_sizes_are_refused_in_one_line(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "divisible by 2**num_levels = 4" in err
     assert not (tmp_path / "odd").exists()
+
+
+def test_compile_is_chosen_where_it_pays_and_a_resume_keeps_the_run_s_choice(
+    run, tmp_path, monkeypatch
+):
+    """The choice only (train_run and sample_ebm are stood in for); that the compiled
+    chains equal the eager ones is tests/test_train.py's."""
+    trained, sampled = [], []
+
+    def stop(record):
+        def stand_in(*args, **kwargs):
+            record.append(kwargs.get("compile", args[1] if len(args) > 1 else None))
+            raise ValueError("stood in")
+
+        return stand_in
+
+    def compile_of(*flags):
+        main(["train", "--data", "rings", "--out", str(tmp_path / "new"), *flags])
+        config = trained.pop()
+        return config.compile
+
+    monkeypatch.setattr("pyro_flowebm.app.cli.train_run", stop(trained))
+    monkeypatch.setattr("pyro_flowebm.app.sampling.sample_ebm", stop(sampled))
+    assert compile_of() is True  # 1500 steps of 35 evaluations
+    assert compile_of("--steps", "100") is False
+    assert compile_of("--no-compile") is False
+    assert compile_of("--steps", "100", "--compile") is True
+    # A run of 0.1 (no compile in its config) is resumed eager, as it was trained.
+    config = json.loads((run / "config.json").read_text())
+    config.pop("compile")
+    (run / "config.json").write_text(json.dumps(config))
+    main(["train", "--data", config["data"], "--out", str(run), "--resume"])
+    assert trained.pop().compile is False
+    sample = ["sample", "--run", str(run), "--out", str(tmp_path / "s.nc"), "--no-progress"]
+    for flags, expected in [
+        (["--num-samples", "400", "--warmup-steps", "100"], True),  # 500 x 21 evaluations
+        (["--num-samples", "300", "--warmup-steps", "100"], False),
+        (["--num-samples", "400", "--warmup-steps", "100", "--no-compile"], False),
+        (["--num-samples", "10", "--compile"], True),
+        (["--sampler", "nuts", "--num-samples", "5000"], False),
+    ]:
+        assert main([*sample, *flags]) == 2
+        assert sampled.pop() is expected, flags

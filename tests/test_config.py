@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from pyro_flowebm import fit_backbone, fit_ebm
 from pyro_flowebm.app import IMAGE_DEFAULTS, RunConfig, default_of, evaluate_run, sample_run
 from pyro_flowebm.app.cli import main
+from pyro_flowebm.app.config import COMPILE_MIN_GRADIENTS
 from pyro_flowebm.infer import sample_ebm
 from pyro_flowebm.train import TiltSettings
 
@@ -81,11 +83,27 @@ def test_the_train_command_states_the_config_s_defaults(capsys):
     config = RunConfig()
     for field in dataclasses.fields(RunConfig):
         flag = "--" + field.name.replace("_", "-")
-        if field.name in ("data", "persistent"):
+        if field.name in ("data", "persistent", "compile"):
             continue
         assert stated[flag] == str(getattr(config, field.name)), flag
     for field, value in IMAGE_DEFAULTS.items():  # the image preset, stated beside
         assert f"{getattr(config, field)}; images: {value}" in text, field
+    assert f"at least {COMPILE_MIN_GRADIENTS:,} gradient" in " ".join(text.split())
+
+
+def test_the_chains_are_compiled_where_it_pays_and_old_runs_stay_eager():
+    per_step = 5 * 5 + 10  # mcmc_steps x num_steps + independence_moves, the defaults
+    enough = math.ceil(COMPILE_MIN_GRADIENTS / per_step)
+    assert RunConfig.for_data("rings", steps=enough).compile
+    assert not RunConfig.for_data("rings", steps=enough - 1).compile
+    assert RunConfig.for_data("eight_gaussians").compile  # the demo's run
+    assert not RunConfig.for_data("digits", steps=10**6).compile  # images: never by default
+    assert not RunConfig.for_data("rings", compile=False).compile
+    assert RunConfig.for_data("rings", steps=2, compile=True).compile
+    assert not RunConfig().compile  # the library's default
+    written_before = RunConfig.for_data("rings").to_dict()
+    del written_before["compile"]
+    assert RunConfig.from_dict(written_before).compile is False
 
 
 def test_the_sample_and_evaluate_commands_take_the_library_s_defaults(capsys):

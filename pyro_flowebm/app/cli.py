@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import sys
@@ -19,10 +20,17 @@ from ..infer import SAMPLERS
 from ..io import DirectoryLockedError
 from ..train import TrainingDiverged
 from .checks import MAX_COUNT, SEED_LIMIT, check_device
-from .config import BACKBONES, IMAGE_BACKBONES, IMAGE_DEFAULTS, RunConfig, default_of
+from .config import (
+    BACKBONES,
+    COMPILE_MIN_GRADIENTS,
+    IMAGE_BACKBONES,
+    IMAGE_DEFAULTS,
+    RunConfig,
+    default_of,
+)
 from .evaluation import evaluate_run
 from .reporting import report_run
-from .rundir import CHECKPOINT, EVALUATION
+from .rundir import CHECKPOINT, EVALUATION, read_config
 from .sampling import sample_run
 from .training import train_run
 
@@ -210,6 +218,12 @@ def _train_parser(commands: Any) -> None:
         help=f"keep the chains between steps (default: {defaults.persistent}; images: "
         f"{IMAGE_DEFAULTS['persistent']}, restarted from N(0, I) each step)",
     )  # fmt: skip
+    train.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+        help="move the chains with gradients compiled by torch.compile (default: on for "
+        f"vector data when the tilt runs at least {COMPILE_MIN_GRADIENTS:,} gradient "
+        "evaluations a chain, off otherwise; --resume keeps the run's)",
+    )  # fmt: skip
     _deprecated_flags(train, "train", type=_positive_int, default=argparse.SUPPRESS)
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -249,6 +263,12 @@ def _sample_parser(commands: Any) -> None:
     sample.add_argument(
         "--device", type=_device, default=None, help="torch device (default: the run's)"
     )
+    sample.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="compute the chains' gradients through torch.compile (default: on for vector "
+        f"runs when sampling takes at least {COMPILE_MIN_GRADIENTS:,} gradient "
+        "evaluations a chain; never with nuts)",
+    )  # fmt: skip
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _common_flags(sample)
 
@@ -342,8 +362,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    fields = {field for field, _, _ in _TRAIN_FLAGS} | {"persistent"}
+    fields = {field for field, _, _ in _TRAIN_FLAGS} | {"persistent", "compile"}
     given = {k: v for k, v in vars(args).items() if k in fields}
+    if args.resume and "compile" not in given and (args.out / "config.json").is_file():
+        # The run's own choice (a run of 0.1 was eager), not today's default for it; a
+        # damaged config is reported by train_run.
+        with contextlib.suppress(ValueError, OSError):
+            given["compile"] = read_config(args.out).compile
     try:
         config = RunConfig.for_data(args.data, **given)
     except (TypeError, ValueError) as e:
@@ -372,7 +397,7 @@ def _sample(args: argparse.Namespace) -> int:
         args.run, args.out, sampler=args.sampler, num_chains=args.num_chains,
         num_samples=args.num_samples, warmup_steps=args.warmup_steps, thin=args.thin,
         seed=args.seed, device=args.device, overwrite=args.overwrite,
-        progress_bar=not args.no_progress,
+        progress_bar=not args.no_progress, compile=args.compile,
     )  # fmt: skip
     print(f"wrote {args.out}")
     return 0

@@ -81,7 +81,15 @@ _FIT_EBM_FIELDS = (
     "finetune_lr",
     "validate_every",
     "checkpoint_every",
+    "compile",
 )
+# Fields added since 0.1, and the value that reproduces a run written before them.
+_ADDED_FIELDS: dict[str, Any] = {"compile": False}
+# A vector run compiles its chains' gradients by default (training and sampling) when
+# they take at least this many evaluations per chain: the compile, ~20 s on a cold cache
+# and ~3 s on a warm one, then costs less than the 2-4 ms an evaluation it saves at 128 to
+# 256 chains on one core (docs/benchmarks.md).
+COMPILE_MIN_GRADIENTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,9 @@ class RunConfig:
     at ``energy_hidden`` channels.
     Training: :func:`~pyro_flowebm.fit_backbone` for ``backbone_steps`` at
     ``backbone_lr``, then :func:`~pyro_flowebm.fit_ebm` with the fields of its keyword
-    arguments (``steps``, ``lr``, ..., ``finetune_lr``); their defaults are the library's.
+    arguments (``steps``, ``lr``, ..., ``finetune_lr``, ``compile``); their defaults are
+    the library's, but :meth:`for_data` sets ``compile`` where it pays
+    (:meth:`compile_pays`).
 
     Example:
         >>> RunConfig(data="rings", steps=200).steps
@@ -136,6 +146,7 @@ class RunConfig:
     finetune_lr: float | None = default_of(fit_ebm, "finetune_lr")
     validate_every: int = default_of(fit_ebm, "validate_every")
     checkpoint_every: int = default_of(fit_ebm, "checkpoint_every")
+    compile: bool = default_of(fit_ebm, "compile")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -169,12 +180,29 @@ class RunConfig:
             (300, 1500)
         """
         defaults = IMAGE_DEFAULTS if is_image_data(data) else {}
-        return cls(data=data, **(defaults | fields))
+        config = cls(data=data, **(defaults | fields))
+        if "compile" in fields:
+            return config
+        return dataclasses.replace(config, compile=config.compile_pays())
+
+    def compile_pays(self) -> bool:
+        """Whether compiling the chains' gradients repays its compile: vector data, and a
+        tilt of at least :data:`COMPILE_MIN_GRADIENTS` gradient evaluations per chain.
+        Image models are left eager: their compile takes minutes.
+
+        Example:
+            >>> RunConfig().compile_pays(), RunConfig(steps=100).compile_pays()
+            (True, False)
+        """
+        per_step = self.mcmc_steps * self.num_steps + self.independence_moves
+        return not self.images and self.steps * per_step >= COMPILE_MIN_GRADIENTS
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """A config from a dict of every field, refusing unknown and missing keys (a typo is
-        an error, not a default; a key left out would silently change a resumed run).
+        an error, not a default; a key left out would silently change a resumed run). A
+        field added since 0.1 and missing from an older run's config gets the value that
+        run was trained with (``compile``: false).
 
         Example:
             >>> RunConfig.from_dict({"data": "rings", "stepz": 3})
@@ -190,6 +218,7 @@ class RunConfig:
             raise ValueError(
                 f"unknown run config keys {unknown}; expected some of [{', '.join(sorted(known))}]"
             )
+        values = {k: v for k, v in _ADDED_FIELDS.items() if k not in values} | values
         missing = sorted(known - set(values))
         if missing:
             raise ValueError(f"expected every run config key, got none for {missing}")

@@ -11,13 +11,18 @@ import numpy as np
 from ..infer import sample_ebm
 from ..io import write_netcdf
 from .checks import check_count, check_fits_in_memory, check_output_file, check_seed
-from .config import default_of
+from .config import COMPILE_MIN_GRADIENTS, default_of
 from .training import load_run
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
 __all__ = ["sample_run"]
+
+# Gradient evaluations per chain and iteration of each vectorized preset: four HMC
+# iterations of 5 leapfrog steps and one independence move a cycle; 10 leapfrog steps;
+# ChEES's vary, 10 is its start.
+_GRADIENTS_PER_ITERATION = {"hmc-imh": 21, "hmc": 10, "chees": 10, "data-hmc": 10}
 
 
 def sample_run(
@@ -33,6 +38,7 @@ def sample_run(
     device: str | None = None,
     overwrite: bool = False,
     progress_bar: bool = True,
+    compile: bool | None = None,
 ) -> InferenceData:
     """Sample a run's FlowEBM with a preset of :func:`~pyro_flowebm.infer.sample_ebm` and
     write the draws as NetCDF (atomically) to ``out``.
@@ -50,6 +56,11 @@ def sample_run(
         device: where to sample (default: the run's device).
         overwrite: replace an existing ``out``.
         progress_bar: show the sampler's progress.
+        compile: compute the chains' gradients through ``torch.compile`` (see
+            :func:`~pyro_flowebm.infer.sample_ebm`); ``None``: where it pays, for vector
+            runs with a vectorized preset taking at least
+            :data:`~pyro_flowebm.app.config.COMPILE_MIN_GRADIENTS` gradient evaluations a
+            chain. The choice is in the attrs (``compile`` in the kernel's settings).
 
     Returns:
         The InferenceData written.
@@ -74,9 +85,14 @@ def sample_run(
     # Kept draws of x and z, four bytes a number.
     num_bytes = 2 * 4 * num_chains * num_samples * int(np.prod(ebm.event_shape))
     check_fits_in_memory(f"{num_chains} chains of {num_samples} draws", num_bytes)
+    if compile is None:
+        iterations = warmup_steps + num_samples * thin
+        per_iteration = _GRADIENTS_PER_ITERATION.get(sampler, 0)  # 0: nuts
+        vectors = len(ebm.event_shape) == 1
+        compile = vectors and iterations * per_iteration >= COMPILE_MIN_GRADIENTS
     idata = sample_ebm(
         ebm, sampler, num_chains, num_samples, warmup_steps,
-        thin=thin, seed=seed, progress_bar=progress_bar,
+        thin=thin, seed=seed, progress_bar=progress_bar, compile=compile,
     )  # fmt: skip
     write_netcdf(idata, out, overwrite=overwrite)
     return idata

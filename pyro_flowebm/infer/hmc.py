@@ -8,13 +8,12 @@ from functools import partial
 from typing import Any
 
 import torch
-from pyro.distributions import is_validation_enabled, validation_enabled
 from torch import Tensor
 
 from ..core import check_int, check_nonnegative, check_positive, check_probability
 from ..core.checks import Checked
 from .adaptation import HMCAdaptation
-from .integrators import COMPILE_OPTIONS, functional_leapfrog_step, leapfrog_step
+from .integrators import compiled, functional_leapfrog_step, leapfrog_step
 from .kernel import Kernel
 from .state import ChainState, Params, Potential, StepInfo, expand_chains, select_chains, sum_event
 
@@ -108,14 +107,7 @@ class HMC(Kernel):
         self.max_energy_error = max_energy_error
         self.step_size_jitter = step_size_jitter
         self.compile = bool(compile)
-        self._leapfrog_step = leapfrog_step
-        if compile:
-            # torch.compile switches torch.distributions' argument validation off for the
-            # whole process (torch._dynamo patches torch once): give the setting back.
-            with validation_enabled(is_validation_enabled()):
-                self._leapfrog_step = torch.compile(
-                    functional_leapfrog_step, options=COMPILE_OPTIONS
-                )
+        self._leapfrog_step = compiled(functional_leapfrog_step) if compile else leapfrog_step
 
     def init_params(self, position: Tensor) -> Params:
         """The constructor's step size (one shared, or one per chain), the identity mass,

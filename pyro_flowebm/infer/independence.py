@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .integrators import compiled, functional_value_and_grad
 from .kernel import Kernel
 from .state import ChainState, Potential, StepInfo, select_chains, sum_event, value_and_grad
 
@@ -23,6 +24,10 @@ class IndependenceMH(Kernel):
     alone or in a :class:`~pyro_flowebm.infer.Cycle` with HMC. It has no tuning
     parameters (``params`` is ignored).
 
+    Args:
+        compile: evaluate the potential and its gradient at the proposals through
+            ``torch.compile`` (pays a compile once, see :class:`~pyro_flowebm.infer.HMC`).
+
     Example:
         >>> kernel = IndependenceMH()
         >>> potential = lambda z: 0.5 * z.pow(2).sum(-1)
@@ -30,6 +35,13 @@ class IndependenceMH(Kernel):
         >>> bool(kernel.step(state, potential)[1].accepted.all())  # E = 0: every proposal taken
         True
     """
+
+    def __init__(self, *, compile: bool = False) -> None:
+        self.compile = bool(compile)
+        self._value_and_grad = compiled(functional_value_and_grad) if compile else value_and_grad
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": type(self).__name__, "compile": self.compile}
 
     def transition(
         self,
@@ -41,7 +53,7 @@ class IndependenceMH(Kernel):
         q0 = state.position
         factory = {"dtype": q0.dtype, "device": q0.device}
         z = torch.randn(q0.shape, generator=generator, **factory)
-        u, g = value_and_grad(potential, z)
+        u, g = self._value_and_grad(potential, z)
         half_sq = 0.5 * sum_event(z.pow(2))
         old_half_sq = 0.5 * sum_event(q0.pow(2))
         log_ratio = (state.potential - old_half_sq) - (u - half_sq)

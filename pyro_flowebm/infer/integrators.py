@@ -9,12 +9,22 @@ gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+from pyro.distributions import is_validation_enabled, validation_enabled
 from torch import Tensor
 
 from .state import Potential, value_and_grad
 
-__all__ = ["COMPILE_OPTIONS", "functional_leapfrog_step", "leapfrog_step"]
+__all__ = [
+    "COMPILE_OPTIONS",
+    "compiled",
+    "functional_leapfrog_step",
+    "functional_value_and_grad",
+    "leapfrog_step",
+]
 
 # Inductor settings for the compiled leapfrog step, local to that one function: Inductor's
 # CPU code for tanh calls Sleef's tanh, which is slower than eager's; the decomposition
@@ -22,6 +32,28 @@ __all__ = ["COMPILE_OPTIONS", "functional_leapfrog_step", "leapfrog_step"]
 # float32 rounding in absolute terms; the C++ wrapper launches the step's ~150 kernels
 # without Python. What each is worth is measured in docs/benchmarks.md.
 COMPILE_OPTIONS = {"cpp.use_decompose_tanh": True, "cpp_wrapper": True}
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(function, options=COMPILE_OPTIONS)``, made once per function.
+
+    Every kernel built with ``compile=True`` shares it, so a kernel made afresh (one a
+    training step, say) finds the graphs compiled for the last one. Inductor keeps what it
+    compiled on disk as well (its cache folder, ``TORCHINDUCTOR_CACHE_DIR``), so a new
+    process compiles the same step in seconds instead of tens of seconds.
+
+    Example:
+        >>> compiled(functional_leapfrog_step) is compiled(functional_leapfrog_step)
+        True
+    """
+    if function not in _COMPILED:
+        # torch.compile switches torch.distributions' argument validation off for the
+        # whole process (torch._dynamo patches torch once): give the setting back.
+        with validation_enabled(is_validation_enabled()):
+            _COMPILED[function] = torch.compile(function, options=COMPILE_OPTIONS)
+    return _COMPILED[function]
 
 
 def leapfrog_step(
@@ -44,19 +76,26 @@ def leapfrog_step(
     return q, p, u, grad
 
 
-def functional_leapfrog_step(
-    potential: Potential, q: Tensor, p: Tensor, grad: Tensor, eps: Tensor, inv_mass: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The same step through ``torch.func``, which ``torch.compile`` traces without breaks."""
+def functional_value_and_grad(potential: Potential, q: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`~pyro_flowebm.infer.value_and_grad` through ``torch.func``, for
+    ``torch.compile`` (no shape check: :meth:`Kernel.init` checked the potential)."""
 
     def total(x: Tensor) -> tuple[Tensor, Tensor]:
         u = potential(x)
         return u.sum(), u
 
+    grad, (_, u) = torch.func.grad_and_value(total, has_aux=True)(q)
+    return u.detach(), grad.detach()
+
+
+def functional_leapfrog_step(
+    potential: Potential, q: Tensor, p: Tensor, grad: Tensor, eps: Tensor, inv_mass: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The same step through ``torch.func``, which ``torch.compile`` traces without breaks."""
     p = p - 0.5 * eps * grad
     q = q + eps * inv_mass * p
-    grad, (_, u) = torch.func.grad_and_value(total, has_aux=True)(q)
-    p = p - 0.5 * eps * grad
-    # Detach: with trainable parameters inside the potential, u would otherwise carry an
+    # Detached: with trainable parameters inside the potential, u would otherwise carry an
     # autograd graph to them that grows with every step of the chain.
-    return q, p.detach(), u.detach(), grad.detach()
+    u, grad = functional_value_and_grad(potential, q)
+    p = p - 0.5 * eps * grad
+    return q, p.detach(), u, grad

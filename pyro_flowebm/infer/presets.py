@@ -22,26 +22,30 @@ if TYPE_CHECKING:
 __all__ = ["SAMPLERS", "preset_kernel", "sample_ebm"]
 
 # The vectorized presets: the kernel each stands for.
-_KERNELS: dict[str, Callable[[], Kernel]] = {
-    "hmc-imh": lambda: Cycle([HMC(step_size=0.1, num_steps=5), IndependenceMH()], [4, 1]),
-    "hmc": lambda: HMC(step_size=0.1, num_steps=10),
-    "chees": lambda: HMC(step_size=0.1, chees=True),
+_KERNELS: dict[str, Callable[[bool], Kernel]] = {
+    "hmc-imh": lambda compile: Cycle(
+        [HMC(step_size=0.1, num_steps=5, compile=compile), IndependenceMH(compile=compile)],
+        [4, 1],
+    ),
+    "hmc": lambda compile: HMC(step_size=0.1, num_steps=10, compile=compile),
+    "chees": lambda compile: HMC(step_size=0.1, chees=True, compile=compile),
     # The data-space baseline's.
-    "data-hmc": lambda: HMC(step_size=0.05, num_steps=10),
+    "data-hmc": lambda compile: HMC(step_size=0.05, num_steps=10, compile=compile),
 }
 SAMPLERS = ("hmc-imh", "hmc", "chees", "nuts", "data-hmc")
 
 
-def preset_kernel(sampler: str) -> Kernel:
+def preset_kernel(sampler: str, *, compile: bool = False) -> Kernel:
     """A fresh kernel of a vectorized preset (``"hmc-imh"``, ``"hmc"``, ``"chees"``, or
-    ``"data-hmc"``, the data-space baseline's).
+    ``"data-hmc"``, the data-space baseline's); with ``compile``, its gradients run
+    through ``torch.compile``.
 
     Example:
         >>> preset_kernel("hmc-imh").settings()["repeats"]
         [4, 1]
     """
     check_choice("sampler", sampler, _KERNELS)
-    return _KERNELS[sampler]()
+    return _KERNELS[sampler](bool(compile))
 
 
 def sample_ebm(
@@ -54,6 +58,7 @@ def sample_ebm(
     thin: int = 1,
     seed: int | None = 0,
     progress_bar: bool = True,
+    compile: bool = False,
 ) -> InferenceData:
     r"""Sample a FlowEBM with one of the named sampler presets, in latent space but one.
 
@@ -70,6 +75,12 @@ def sample_ebm(
       :meth:`~pyro_flowebm.FlowEBM.data_potential` (10 leapfrog steps, adapted step size),
       each chain started at the point :math:`g(z)` where the latent presets start with the
       same ``seed``.
+
+    With ``compile=True`` the vectorized presets evaluate the potential's gradients
+    through ``torch.compile`` (:class:`~pyro_flowebm.infer.HMC`'s ``compile``): the same
+    chains up to float rounding, several times faster per step once compiled. The compile
+    takes seconds to tens of seconds, so it pays on long runs (``docs/benchmarks.md``);
+    ``"nuts"`` has no compiled form.
 
     Returns:
         ``arviz.InferenceData`` with posterior ``x``, and ``z`` for the latent presets
@@ -91,6 +102,8 @@ def sample_ebm(
     # before run_chains sees num_chains.
     check_counts(num_chains, num_samples, warmup_steps, thin, seed)
     if sampler == "nuts":
+        if compile:
+            raise ValueError("expected compile=False with the nuts sampler, got True")
         if thin != 1:
             raise ValueError(f"expected thin=1 with the nuts sampler, got {thin}")
         idata = latent_nuts(
@@ -104,13 +117,15 @@ def sample_ebm(
             # run_chains checks a potential function, but data_potential's -log q term
             # carries a gradient even where the energy's is missing.
             ebm.check_energy(start.reshape(-1, *ebm.event_shape))
+        kernel = preset_kernel(sampler, compile=compile)
         idata = run_chains(
-            ebm.data_potential, preset_kernel(sampler), num_chains, num_samples, warmup_steps,
+            ebm.data_potential, kernel, num_chains, num_samples, warmup_steps,
             init=start, thin=thin, seed=seed, progress_bar=progress_bar,
         )  # fmt: skip
     else:
+        kernel = preset_kernel(sampler, compile=compile)
         idata = run_chains(
-            ebm, preset_kernel(sampler), num_chains, num_samples, warmup_steps,
+            ebm, kernel, num_chains, num_samples, warmup_steps,
             thin=thin, seed=seed, progress_bar=progress_bar,
         )  # fmt: skip
     for group in ("posterior", "sample_stats"):

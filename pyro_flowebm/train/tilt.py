@@ -35,6 +35,8 @@ __all__ = ["TiltSettings", "TiltState", "TrainingDiverged", "fit_ebm", "tilt_ste
 _MAX_VALIDATION_POINTS = 1000
 # Metrics on the progress bar.
 _SHOWN = ("loss", "energy_gap", "acceptance", "step_size")
+# The numbers of a step that open its metrics, in their order.
+_METRICS = ("loss", "energy_data", "energy_model", "acceptance", "step_size")
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,6 +84,7 @@ class TiltSettings:
     validate_every: int
     max_energy: float
     checkpoint_every: int
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name, minimum in _COUNTS.items():
@@ -161,6 +164,7 @@ class TiltState:
                 math.exp(state["log_step_size"]),
                 kernel.num_steps,
                 target_accept_prob=kernel.target_accept_prob,
+                compile=kernel.compile,
             )
             position = self.adaptation.log_step.new_zeros((1, *ebm.event_shape))
             self.adaptation = self.kernel.adaptation(position, None)
@@ -171,25 +175,23 @@ def backbone_modules(ebm: FlowEBM) -> nn.ModuleList:
     return nn.ModuleList(t for t in ebm.backbone.transforms if isinstance(t, nn.Module))
 
 
-def _model_draws(
-    ebm: FlowEBM, settings: TiltSettings, state: TiltState
-) -> tuple[Tensor, dict[str, float]]:
+def _model_draws(ebm: FlowEBM, settings: TiltSettings, state: TiltState) -> tuple[Tensor, Tensor]:
     """Move the latent chains towards the EBM: independence moves, then HMC with the
-    adaptation; returns them and the mean acceptance and step size of the HMC steps."""
+    adaptation; returns them and the mean acceptance and step size of the HMC steps (a
+    tensor of two: read with the step's other numbers, in one wait for the device)."""
     potential = ebm.chain_potential
     z = state.chains
     if z is None or not settings.persistent:
         z = ebm.base_dist.sample((settings.batch_size,))
     chain: ChainState = state.kernel.init(z, potential)
-    imh = IndependenceMH()
+    imh = IndependenceMH(compile=settings.compile)
     for _ in range(settings.independence_moves):
         chain, _ = imh.step(chain, potential)
-    accept = step_size = 0.0
+    sums = torch.zeros(2, dtype=torch.float64, device=z.device)
     for _ in range(settings.mcmc_steps):
         chain, info = state.adaptation.step(chain, potential)
-        accept += float(info.accept_prob.nan_to_num(0.0).mean()) / settings.mcmc_steps
-        step_size += float(info.step_size.mean()) / settings.mcmc_steps
-    return chain.position, {"acceptance": accept, "step_size": step_size}
+        sums = sums + torch.stack([info.accept_prob.nan_to_num(0.0).mean(), info.step_size.mean()])
+    return chain.position, sums / settings.mcmc_steps
 
 
 def _diverged(step: int, reason: str) -> TrainingDiverged:
@@ -201,23 +203,30 @@ def _diverged(step: int, reason: str) -> TrainingDiverged:
 
 
 def _loss(
-    ebm: FlowEBM, x_data: Tensor, x_model: Tensor, settings: TiltSettings, step: int
-) -> tuple[Tensor, dict[str, float]]:
-    """The loss of one step, after the guard on its energies."""
+    ebm: FlowEBM, x_data: Tensor, x_model: Tensor, settings: TiltSettings
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The loss of one step and the energies of the data and the model draws."""
     e_data, e_model = ebm.energy_of(x_data), ebm.energy_of(x_model)
     loss = e_data.mean() - e_model.mean()
     loss = loss + settings.energy_reg * (e_data.pow(2).mean() + e_model.pow(2).mean())
     if settings.finetune_lr is not None:
         loss = loss - ebm.backbone.log_prob(x_data).mean() + ebm.backbone.log_prob(x_model).mean()
-    if not torch.isfinite(loss):
-        raise _diverged(step, f"the loss is {loss.item()}")
-    largest = max(e_data.detach().abs().max().item(), e_model.detach().abs().max().item())
-    if largest > settings.max_energy:
+    return loss, e_data, e_model
+
+
+def _guard(step: int, numbers: dict[str, float], settings: TiltSettings) -> None:
+    """Raise :class:`TrainingDiverged` for the first check of the step that fails."""
+    if not numbers["finite_draws"]:
+        raise _diverged(step, "a model draw is not finite")
+    if not math.isfinite(numbers["loss"]):
+        raise _diverged(step, f"the loss is {numbers['loss']}")
+    if not numbers["largest"] <= settings.max_energy:
         raise _diverged(
-            step, f"an energy reached {largest:.3g} (max_energy={settings.max_energy:g})"
+            step,
+            f"an energy reached {numbers['largest']:.3g} (max_energy={settings.max_energy:g})",
         )
-    energies = {"energy_data": e_data.mean().item(), "energy_model": e_model.mean().item()}
-    return loss, energies
+    if not math.isfinite(numbers["grad_norm"]):
+        raise _diverged(step, "a gradient is not finite")
 
 
 def tilt_step(
@@ -230,7 +239,8 @@ def tilt_step(
     pushed through the flow; the loss is
     :math:`\overline{E(x_\text{data})} - \overline{E(x_\text{model})} + \alpha(\dots)`
     (see :func:`fit_ebm`). A guard raises :class:`TrainingDiverged` before the optimizer
-    step when a draw, the loss, an energy or a gradient is out of bounds.
+    step when a draw, the loss, an energy or a gradient is out of bounds. The step waits
+    for the device once, for every number the guard and the metrics need together.
 
     Returns:
         The step's metrics (``step``, ``loss``, ``energy_data``, ``energy_model``,
@@ -241,22 +251,32 @@ def tilt_step(
     z, sampler = _model_draws(ebm, settings, state)
     with torch.no_grad():
         x_model = ebm.transform(z)
-    if not torch.isfinite(x_model).all():
-        raise _diverged(step, "a model draw is not finite")
+        finite = torch.isfinite(x_model)
+        # A step with a non-finite draw is refused below; until then its loss is computed
+        # on finite stand-ins, so that nothing raises before the guard.
+        x_model = torch.where(finite, x_model, torch.zeros_like(x_model))
     x_data = data[torch.randint(data.shape[0], (settings.batch_size,), device=data.device)]
     if settings.dequantize is not None:
         x_data = dequantize(x_data, settings.dequantize)
-    loss, energies = _loss(ebm, x_data, x_model, settings, step)
+    loss, e_data, e_model = _loss(ebm, x_data, x_model, settings)
     params = [p for group in state.optimizer.param_groups for p in group["params"]]
     state.optimizer.zero_grad()
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-    if not torch.isfinite(grad_norm):
+    with torch.no_grad():
+        values = [finite.all(), loss, e_data.mean(), e_model.mean(), grad_norm, *sampler]
+        values.append(torch.maximum(e_data.abs().max(), e_model.abs().max()))
+        names = "finite_draws loss energy_data energy_model grad_norm acceptance step_size"
+        numbers = dict(zip([*names.split(), "largest"], torch.stack(
+            [v.to(torch.float64) for v in values]).tolist(), strict=True))  # fmt: skip
+    try:
+        _guard(step, numbers, settings)
+    except TrainingDiverged:
         state.optimizer.zero_grad()
-        raise _diverged(step, "a gradient is not finite")
-    metrics = {"step": step, "loss": loss.item(), **energies, **sampler}
+        raise
+    metrics = {"step": step} | {k: numbers[k] for k in _METRICS}
     metrics["energy_gap"] = metrics["energy_data"] - metrics["energy_model"]
-    metrics |= {"grad_norm": grad_norm.item(), "lr": state.schedule.get_last_lr()[0]}
+    metrics |= {"grad_norm": numbers["grad_norm"], "lr": state.schedule.get_last_lr()[0]}
     state.optimizer.step()
     state.schedule.step()
     state.chains = z if settings.persistent else None
@@ -308,7 +328,10 @@ def _new_state(ebm: FlowEBM, settings: TiltSettings) -> TiltState:
     optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
     hmc = HMC(
-        settings.step_size, settings.num_steps, target_accept_prob=settings.target_accept_prob
+        settings.step_size,
+        settings.num_steps,
+        target_accept_prob=settings.target_accept_prob,
+        compile=settings.compile,
     )
     position = groups[0]["params"][0].new_zeros((1, *ebm.event_shape))
     return TiltState(0, None, optimizer, schedule, hmc, hmc.adaptation(position, None))
@@ -340,6 +363,7 @@ def fit_ebm(
     resume: dict[str, Any] | None = None,
     progress_bar: bool = True,
     backbone_lr: float | None = None,
+    compile: bool = False,
 ) -> list[dict[str, float]]:
     r"""Learn the tilt :math:`E` of a FlowEBM by maximum likelihood with latent MCMC.
 
@@ -413,6 +437,10 @@ def fit_ebm(
         resume: a training state from ``on_checkpoint`` to continue from.
         progress_bar: a tqdm bar with the loss, energy gap, acceptance and step size.
         backbone_lr: deprecated name of ``finetune_lr``.
+        compile: move the chains with gradients through ``torch.compile`` (HMC's and the
+            independence moves'): the compile takes seconds (tens on a cold cache), after
+            which a step of the chains runs several times faster; the same training up to
+            float rounding. Pays on long runs of vector models (``docs/training.md``).
 
     Returns:
         The metrics of each step run by this call: ``step``, ``loss``, ``energy_data``,
@@ -456,7 +484,7 @@ def fit_ebm(
         step_size=step_size, target_accept_prob=target_accept_prob, persistent=persistent,
         independence_moves=independence_moves, energy_reg=energy_reg, grad_clip=grad_clip,
         finetune_lr=finetune_lr, dequantize=dequantize, validate_every=validate_every,
-        max_energy=max_energy, checkpoint_every=checkpoint_every,
+        max_energy=max_energy, checkpoint_every=checkpoint_every, compile=bool(compile),
     )  # fmt: skip
     data, heldout = _prepare_data(ebm, data, validation_data, dequantize)
     # Once, before the first step: an energy without a gradient would not train, and its
