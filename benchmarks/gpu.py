@@ -22,6 +22,8 @@ Measured, each size on its own, after a short untimed warm-up at the same size:
    = chains x HMC iterations / s. Eager kernels at every size; ``HMC(compile=True)`` at
    ``--compile-*-chains`` (its first call, compile included, is reported on its own, and
    so are Dynamo's graph breaks: the parts of the step they cut off run eagerly);
+   ``fit_ebm(..., compile=True)`` on the toy model at the toy batch sizes as well (row
+   mode ``compiled``, ratio ``compiled / eager`` against the eager row of the same size);
 2. **training**: ``fit_backbone(backbone, data, steps, batch_size=B)`` and
    ``fit_ebm(ebm, data, steps, batch_size=B, step_size=...)`` with their defaults otherwise
    (fresh models; the number of steps is set from a 2-step warm-up's pace), in steps/s and
@@ -403,6 +405,7 @@ def training(
     task: str,
     model: str,
     batch: int,
+    compiled: bool,
     args: argparse.Namespace,
     device: torch.device,
     data: Tensor,
@@ -416,9 +419,11 @@ def training(
             return fit_backbone(ebm.backbone, data, steps, batch_size=batch, progress_bar=False)
         return fit_ebm(
             ebm, data, steps, batch_size=batch, step_size=step_size, num_steps=args.num_steps,
-            progress_bar=False,
+            progress_bar=False, compile=compiled,
         )  # fmt: skip
 
+    if compiled:
+        torch._dynamo.reset()  # each compiled case pays its own compile
     warm_steps = 2
     first, _ = synced(lambda: run(warm_steps), device)
     # Steps per timed call: about seconds / repeats of work, from the warm-up's pace.
@@ -498,8 +503,9 @@ def status_cell(row: dict[str, Any]) -> str:
 SAMPLING_COLUMNS = ["model", "chains", "mode", "device", "status", "chain-steps/s"]
 SAMPLING_COLUMNS += ["chain-iters/s", "x smallest", "x CPU ref", "compiled / eager"]
 SAMPLING_COLUMNS += ["first call (s)", "timed (s)", "peak GB"]
-TRAINING_COLUMNS = ["task", "model", "batch", "device", "status", "steps/s", "samples/s"]
-TRAINING_COLUMNS += ["x smallest", "x CPU ref", "steps timed", "timed (s)", "peak GB"]
+TRAINING_COLUMNS = ["task", "model", "batch", "mode", "device", "status", "steps/s"]
+TRAINING_COLUMNS += ["samples/s", "x smallest", "x CPU ref", "compiled / eager", "first call (s)"]
+TRAINING_COLUMNS += ["steps timed", "timed (s)", "peak GB"]
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[str, Any]) -> str:
@@ -521,8 +527,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[st
             )  # fmt: skip
         else:
             train_rows.append(
-                [r["task"], r["model"], r["size"], r["device"], status_cell(r),
-                 cell(r, "steps_per_s"), cell(r, "samples_per_s"), *common, cell(r, "steps"),
+                [r["task"], r["model"], r["size"], r["mode"], r["device"], status_cell(r),
+                 cell(r, "steps_per_s"), cell(r, "samples_per_s"), *common,
+                 cell(r, "compiled_over_eager"), cell(r, "first_call_seconds"), cell(r, "steps"),
                  cell(r, "seconds"), cell(r, "peak_memory_gb")]
             )  # fmt: skip
     device = info.get("device_name", "cpu")
@@ -545,7 +552,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, info: dict[st
         "",
         "Training: `fit_backbone` and `fit_ebm` (their defaults; one fit_ebm step = 37 batched "
         "latent gradient evaluations plus the energy on 2 x batch points). samples/s = batch x "
-        "steps/s; x smallest compares samples/s with the smallest batch's.",
+        "steps/s; x smallest compares samples/s with the smallest batch's; compiled: "
+        "`fit_ebm(compile=True)`, first call: 2 steps, compile included.",
         "",
         markdown_table(TRAINING_COLUMNS, train_rows),
     ]
@@ -617,6 +625,8 @@ def plan(args: argparse.Namespace, device: torch.device) -> list[tuple[dict[str,
     if "compiled" in args.parts:
         for c in args.compile_toy_chains:
             add("run_chains", "toy", c, "compiled", device, full, device.type)
+        for b in toy_batches:  # fit_ebm(compile=True): the chains' gradients compiled
+            add("fit_ebm", "toy", b, "compiled", device, full, device.type)
     if "cpu-reference" in args.parts and (device.type == "cuda" or args.quick):
         cpu = torch.device("cpu")
         # Few iterations on the CPU: the rates are per step, the minimum work is what counts.
@@ -685,7 +695,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         else:
 
             def fn(row=row, on=on, sizes=sizes, x=data[key]) -> dict[str, Any]:
-                return training(row["task"], row["model"], row["size"], args, on, x, sizes)
+                compiled = row["mode"] == "compiled"
+                return training(
+                    row["task"], row["model"], row["size"], compiled, args, on, x, sizes
+                )
 
         attempt(row, fn, on, budget)
         torch.set_num_threads(threads)

@@ -92,7 +92,7 @@ def test_non_finite_energy_is_a_counted_divergence_not_a_nan():
     ebm = FlowEBM(flow_backbone(flows.realnvp(2, 2, 8), (2,)), energy)
     init = torch.tensor([[-1.0, 0.0], [-0.5, -0.5]])
     for sampler in (latent_nuts, data_space_nuts):
-        idata = sampler(ebm, 150, 100, 2, init=init, seed=0, progress_bar=False)
+        idata = sampler(ebm, 60, 40, 2, init=init, seed=0, progress_bar=False)
         x = idata.posterior["x"].values
         assert torch.isfinite(torch.as_tensor(x)).all()
         assert (x[..., 0] <= 0.5).all() and (x[..., 1] <= 1.0).all()

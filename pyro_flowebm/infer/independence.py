@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .integrators import compiled, functional_value_and_grad
+from .integrators import compiled_value_and_grad
 from .kernel import Kernel
 from .state import ChainState, Potential, StepInfo, select_chains, sum_event, value_and_grad
 
@@ -26,7 +26,8 @@ class IndependenceMH(Kernel):
 
     Args:
         compile: evaluate the potential and its gradient at the proposals through
-            ``torch.compile`` (pays a compile once, see :class:`~pyro_flowebm.infer.HMC`).
+            ``torch.compile``: by HMC's compiled leapfrog step, of size zero, so a cycle
+            with ``HMC(compile=True)`` compiles one graph, not two.
 
     Example:
         >>> kernel = IndependenceMH()
@@ -38,7 +39,7 @@ class IndependenceMH(Kernel):
 
     def __init__(self, *, compile: bool = False) -> None:
         self.compile = bool(compile)
-        self._value_and_grad = compiled(functional_value_and_grad) if compile else value_and_grad
+        self._value_and_grad = compiled_value_and_grad if compile else value_and_grad
 
     def settings(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "compile": self.compile}

@@ -21,6 +21,7 @@ from .state import Potential, value_and_grad
 __all__ = [
     "COMPILE_OPTIONS",
     "compiled",
+    "compiled_value_and_grad",
     "functional_leapfrog_step",
     "functional_value_and_grad",
     "leapfrog_step",
@@ -99,3 +100,22 @@ def functional_leapfrog_step(
     u, grad = functional_value_and_grad(potential, q)
     p = p - 0.5 * eps * grad
     return q, p.detach(), u, grad
+
+
+def compiled_value_and_grad(potential: Potential, q: Tensor) -> tuple[Tensor, Tensor]:
+    """:math:`U` and :math:`\\nabla U` at ``q`` by the compiled leapfrog step of size zero.
+
+    A step of size zero from momentum zero stays at ``q`` and returns the potential and its
+    gradient there, so the kernels that only evaluate (the independence moves) run the graph
+    HMC compiled for the same chains instead of compiling one of their own.
+
+    Example:
+        >>> u, g = compiled_value_and_grad(lambda q: 0.5 * q.pow(2).sum(-1), torch.ones(16, 2))
+        >>> u[:2].tolist(), g[:2].tolist()
+        ([1.0, 1.0], [[1.0, 1.0], [1.0, 1.0]])
+    """
+    zeros = torch.zeros_like(q)
+    eps = q.new_zeros(q.shape[:1] + (1,) * (q.dim() - 1))
+    inv_mass = q.new_ones(q.shape[1:])
+    _, _, u, grad = compiled(functional_leapfrog_step)(potential, q, zeros, zeros, eps, inv_mass)
+    return u, grad
