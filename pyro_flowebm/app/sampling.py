@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..infer import sample_ebm
+from ..infer import preset_kernel, sample_ebm
 from ..io import write_netcdf
 from .checks import check_count, check_fits_in_memory, check_output_file, check_seed
 from .config import COMPILE_MIN_GRADIENTS, default_of
@@ -19,10 +20,19 @@ if TYPE_CHECKING:
 
 __all__ = ["sample_run"]
 
-# Gradient evaluations per chain and iteration of each vectorized preset: four HMC
-# iterations of 5 leapfrog steps and one independence move a cycle; 10 leapfrog steps;
-# ChEES's vary, 10 is its start.
-_GRADIENTS_PER_ITERATION = {"hmc-imh": 21, "hmc": 10, "chees": 10, "data-hmc": 10}
+
+def _gradients_per_iteration(settings: dict[str, Any]) -> int:
+    """Gradient evaluations a chain and iteration of a kernel, from its settings: a cycle's
+    members times their repeats, an independence move's one, HMC's leapfrog steps (ChEES's
+    vary: those of its starting length)."""
+    if "kernels" in settings:
+        pairs = zip(settings["kernels"], settings["repeats"], strict=True)
+        return sum(r * _gradients_per_iteration(k) for k, r in pairs)
+    if settings["name"] == "IndependenceMH":
+        return 1
+    if settings["chees"]:
+        return math.ceil(settings["init_trajectory_length"] / settings["step_size"])
+    return settings["num_steps"]
 
 
 def sample_run(
@@ -87,9 +97,13 @@ def sample_run(
     check_fits_in_memory(f"{num_chains} chains of {num_samples} draws", num_bytes)
     if compile is None:
         iterations = warmup_steps + num_samples * thin
-        per_iteration = _GRADIENTS_PER_ITERATION.get(sampler, 0)  # 0: nuts
         vectors = len(ebm.event_shape) == 1
-        compile = vectors and iterations * per_iteration >= COMPILE_MIN_GRADIENTS
+        compile = (
+            vectors
+            and sampler != "nuts"  # no compiled form
+            and iterations * _gradients_per_iteration(preset_kernel(sampler).settings())
+            >= COMPILE_MIN_GRADIENTS
+        )
     idata = sample_ebm(
         ebm, sampler, num_chains, num_samples, warmup_steps,
         thin=thin, seed=seed, progress_bar=progress_bar, compile=compile,

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from .integrators import compiled_value_and_grad
+from .integrators import evaluation
 from .kernel import Kernel
-from .state import ChainState, Potential, StepInfo, select_chains, sum_event, value_and_grad
+from .state import ChainState, Potential, StepInfo, select_chains, sum_event
 
 __all__ = ["IndependenceMH"]
 
@@ -39,7 +39,7 @@ class IndependenceMH(Kernel):
 
     def __init__(self, *, compile: bool = False) -> None:
         self.compile = bool(compile)
-        self._value_and_grad = compiled_value_and_grad if compile else value_and_grad
+        self._value_and_grad = evaluation(compile)
 
     def settings(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "compile": self.compile}

@@ -9,6 +9,7 @@ gradient.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "COMPILE_OPTIONS",
     "compiled",
     "compiled_value_and_grad",
+    "evaluation",
     "functional_leapfrog_step",
     "functional_value_and_grad",
     "leapfrog_step",
@@ -34,9 +36,8 @@ __all__ = [
 # without Python. What each is worth is measured in docs/benchmarks.md.
 COMPILE_OPTIONS = {"cpp.use_decompose_tanh": True, "cpp_wrapper": True}
 
-_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
-
+@functools.cache
 def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
     """``torch.compile(function, options=COMPILE_OPTIONS)``, made once per function.
 
@@ -49,12 +50,10 @@ def compiled(function: Callable[..., Any]) -> Callable[..., Any]:
         >>> compiled(functional_leapfrog_step) is compiled(functional_leapfrog_step)
         True
     """
-    if function not in _COMPILED:
-        # torch.compile switches torch.distributions' argument validation off for the
-        # whole process (torch._dynamo patches torch once): give the setting back.
-        with validation_enabled(is_validation_enabled()):
-            _COMPILED[function] = torch.compile(function, options=COMPILE_OPTIONS)
-    return _COMPILED[function]
+    # torch.compile switches torch.distributions' argument validation off for the whole
+    # process (torch._dynamo patches torch once): give the setting back.
+    with validation_enabled(is_validation_enabled()):
+        return torch.compile(function, options=COMPILE_OPTIONS)
 
 
 def leapfrog_step(
@@ -119,3 +118,15 @@ def compiled_value_and_grad(potential: Potential, q: Tensor) -> tuple[Tensor, Te
     inv_mass = q.new_ones(q.shape[1:])
     _, _, u, grad = compiled(functional_leapfrog_step)(potential, q, zeros, zeros, eps, inv_mass)
     return u, grad
+
+
+def evaluation(compile: bool) -> Callable[[Potential, Tensor], tuple[Tensor, Tensor]]:
+    """How a kernel built with ``compile`` evaluates :math:`U` and :math:`\\nabla U` at new
+    points: :func:`compiled_value_and_grad`, or eagerly
+    :func:`~pyro_flowebm.infer.value_and_grad`.
+
+    Example:
+        >>> evaluation(False) is value_and_grad, evaluation(True) is compiled_value_and_grad
+        (True, True)
+    """
+    return compiled_value_and_grad if compile else value_and_grad

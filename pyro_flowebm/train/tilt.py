@@ -26,8 +26,8 @@ from ..core import (
 from ..datasets import check_levels, dequantize
 from ..distributions import FlowEBM
 from ..infer import HMC, HMCAdaptation, IndependenceMH
-from ..infer.integrators import compiled_value_and_grad
-from ..infer.state import ChainState, value_and_grad
+from ..infer.integrators import evaluation
+from ..infer.state import ChainState
 from ..metrics import mmd
 
 __all__ = ["TiltSettings", "TiltState", "TrainingDiverged", "fit_ebm", "tilt_step"]
@@ -186,8 +186,7 @@ def _model_draws(ebm: FlowEBM, settings: TiltSettings, state: TiltState) -> tupl
         z = ebm.base_dist.sample((settings.batch_size,))
     # fit_ebm checked the energy before the first step (check_energy): the chains start
     # with a plain evaluation, compiled with the rest when the chains are.
-    evaluate = compiled_value_and_grad if settings.compile else value_and_grad
-    chain = ChainState(z.detach(), *evaluate(potential, z))
+    chain = ChainState(z.detach(), *evaluation(settings.compile)(potential, z))
     imh = IndependenceMH(compile=settings.compile)
     for _ in range(settings.independence_moves):
         chain, _ = imh.step(chain, potential)
