@@ -12,10 +12,25 @@ from .checks import (
     check_probability,
 )
 from .rng import rng_state, seeded, set_rng_state
+from .shard import (
+    Shard,
+    all_chains,
+    chain_draws,
+    data_parallel,
+    distributed,
+    local_rows,
+    on_first_process,
+    process_rank,
+    sharding,
+)
 from .version import __version__
 
 __all__ = [
+    "Shard",
     "__version__",
+    "all_chains",
+    "chain_draws",
+    "data_parallel",
     "check_choice",
     "check_event_shape",
     "check_finite",
@@ -24,8 +39,13 @@ __all__ = [
     "check_points",
     "check_positive",
     "check_probability",
+    "distributed",
+    "local_rows",
+    "on_first_process",
+    "process_rank",
     "rng_state",
     "seeded",
     "set_rng_state",
+    "sharding",
     "to_numpy",
 ]

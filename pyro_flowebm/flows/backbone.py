@@ -11,7 +11,16 @@ from torch import Tensor, nn
 from torch.distributions import TransformedDistribution
 from tqdm.auto import tqdm
 
-from ..core import check_int, check_points, check_positive
+from ..core import (
+    all_chains,
+    check_int,
+    check_points,
+    check_positive,
+    data_parallel,
+    local_rows,
+    process_rank,
+    sharding,
+)
 from ..datasets import check_levels
 from ..datasets import dequantize as dequantize_images
 
@@ -82,7 +91,10 @@ def fit_backbone(
     Minimizes :math:`-\frac1B \sum_i \log q(x_i)` over minibatches with Adam and a cosine
     learning-rate decay to zero over ``steps``. The transforms' parameters are updated in
     place. Minibatches are drawn with torch's generator: seed it for reproducible fits
-    (``pyro.set_rng_seed``).
+    (``pyro.set_rng_seed``). In a ``torch.distributed`` run each process takes its block of
+    every batch (the number of processes must divide ``batch_size``), the gradients are
+    averaged by ``DistributedDataParallel`` and the losses returned are every process's mean
+    (``docs/scaling.md``).
 
     Args:
         backbone: the flow, e.g. from :func:`~pyro_flowebm.flow_backbone`.
@@ -128,13 +140,21 @@ def fit_backbone(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     batch_size = min(batch_size, data.shape[0])
     history: list[float] = []
-    with tqdm(range(steps), desc="fit backbone", disable=not progress_bar) as bar:
+    bar = tqdm(range(steps), desc="fit backbone", disable=not progress_bar or process_rank()[0])
+    # In a torch.distributed run every process draws the whole batch (the generators stay
+    # in step) and takes its block; the gradients are averaged across processes.
+    with bar, sharding(batch_size, "a batch size") as shard:
+        objective = None
         for step in bar:
             batch = data[torch.randint(data.shape[0], (batch_size,), device=data.device)]
             if dequantize is not None:
                 batch = dequantize_images(batch, dequantize)
-            loss = -backbone.log_prob(batch).mean()
-            if not torch.isfinite(loss):
+            if objective is None:
+                objective = _first_objective(backbone, batch, shard is not None)
+            loss = objective(local_rows(batch))
+            # Every process's loss: they all stop together.
+            mean_loss = all_chains(loss.detach()[None]).mean()
+            if not torch.isfinite(mean_loss):
                 raise RuntimeError(
                     f"the backbone's loss became non-finite at step {step} (lr={lr}); "
                     "lower the learning rate"
@@ -143,7 +163,30 @@ def fit_backbone(
             loss.backward()
             optimizer.step()
             schedule.step()
-            history.append(loss.item())
+            history.append(mean_loss.item())
             if step % 50 == 0:
-                bar.set_postfix(nll=f"{loss.item():.3f}")
+                bar.set_postfix(nll=f"{history[-1]:.3f}")
     return history
+
+
+class _NegativeLogLikelihood(nn.Module):
+    """The backbone's mean negative log-likelihood as a module of its transforms, for
+    ``DistributedDataParallel``."""
+
+    def __init__(self, backbone: TransformedDistribution) -> None:
+        super().__init__()
+        self.transforms = nn.ModuleList(t for t in backbone.transforms if isinstance(t, nn.Module))
+        self.backbone = backbone
+
+    def forward(self, batch: Tensor) -> Tensor:
+        return -self.backbone.log_prob(batch).mean()
+
+
+def _first_objective(backbone: TransformedDistribution, batch: Tensor, sharded: bool) -> nn.Module:
+    """The loss module, made at the first batch: in a ``torch.distributed`` run, the
+    layers that initialize themselves from the first batch they see (ActNorm) see the whole
+    batch in every process, as in one process, before the module is wrapped."""
+    if sharded:
+        with torch.no_grad():
+            backbone.log_prob(batch)
+    return data_parallel(_NegativeLogLikelihood(backbone))

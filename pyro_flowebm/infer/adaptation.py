@@ -17,6 +17,7 @@ from pyro.ops.dual_averaging import DualAveraging
 from pyro.ops.welford import WelfordCovariance
 from torch import Tensor
 
+from ..core import all_chains
 from .state import ChainState, Params, Potential, StepInfo, combine_infos, expand_chains, sum_event
 
 __all__ = ["Adaptation", "CycleAdaptation", "HMCAdaptation"]
@@ -162,13 +163,13 @@ class HMCAdaptation(Adaptation):
         if kernel.adapt_step_size:
             accept = info.accept_prob.nan_to_num(0.0)
             g = kernel.target_accept_prob - (
-                accept if kernel.per_chain_step_size else accept.mean()
+                accept if kernel.per_chain_step_size else all_chains(accept).mean()
             )
             self.dual.step(g.reshape(-1))
             self.log_step = self.dual.get_state()[0]
         start, stop = self.mass_window
         if start <= t < stop:
-            self.welford.update(state.position)
+            self.welford.update(all_chains(state.position))
         if t == stop - 1 and self.welford.n_samples >= 2:
             self.inverse_mass = self.welford.get_covariance(regularize=True).mean(0)
             self.dual = DualAveraging(prox_center=self.log_step + math.log(10.0))
@@ -181,12 +182,15 @@ class HMCAdaptation(Adaptation):
     def _chees_update(self, state: ChainState, info: StepInfo) -> None:
         # The gradient of ChEES = E[(|q' - E q'|^2 - |q - E q|^2)^2] / 4 in the trajectory
         # length, estimated across chains and weighted by acceptance (Hoffman et al., 2021).
-        proposal, momentum = info.proposal, info.momentum
-        weight = info.accept_prob.nan_to_num(0.0) * (~info.diverging)
+        # Across the chains of every process (sharded chains gather them first).
+        proposal, momentum, position = map(
+            all_chains, (info.proposal, info.momentum, state.position)
+        )
+        weight = all_chains(info.accept_prob.nan_to_num(0.0) * (~info.diverging))
         if weight.sum() <= 0:
             return
         w = expand_chains(weight / weight.sum(), proposal)
-        q_prev = state.position - state.position.mean(0)
+        q_prev = position - position.mean(0)
         q_new = proposal - (w * proposal).sum(0)
         velocity = self.inverse_mass * momentum
         diff_sq = sum_event(q_new.pow(2)) - sum_event(q_prev.pow(2))
@@ -212,7 +216,7 @@ class HMCAdaptation(Adaptation):
 
     def adapted(self) -> dict[str, Any]:
         params = self.params
-        step_size = float(params.step_size.mean())
+        step_size = float(all_chains(params.step_size).mean())
         length = params.trajectory_length
         out: dict[str, Any] = {
             "step_size": step_size,

@@ -11,7 +11,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core import __version__, check_finite, check_int, seeded
+from ..core import (
+    __version__,
+    all_chains,
+    check_finite,
+    check_int,
+    local_rows,
+    process_rank,
+    seeded,
+    sharding,
+)
 from ..core.checks import check_floating
 from ..distributions import FlowEBM
 from ..io import to_inference_data
@@ -117,11 +126,12 @@ def _initial_state(
     kernel: Kernel, potential: Potential, init: Tensor, ebm: FlowEBM | None, num_chains: int
 ) -> ChainState:
     check_init(init, num_chains, ebm)
+    init = local_rows(init)  # this process's chains, in a sharded run
     if ebm is not None:
         with torch.no_grad():
             ebm.check_energy(ebm.transform(init).reshape(-1, *ebm.event_shape))
     state = kernel.init(init, potential)
-    bad = ~torch.isfinite(state.potential)
+    bad = ~torch.isfinite(all_chains(state.potential))
     if bad.any():
         raise ValueError(
             f"expected a finite potential at every initial point, got non-finite values "
@@ -199,8 +209,14 @@ def run_chains(
         (:math:`-U`); ``attrs``: ``sampler`` (the kernel's class), ``kernel`` (JSON of
         every setting of the kernel, nested for a cycle), ``adapted`` (JSON of what warm-up
         settled on), ``adapted_step_size`` and ``adapted_trajectory_length`` (of the first
-        HMC-family kernel), the counts, the seed, ``num_grad_evals`` (gradient evaluations
-        per chain of the whole run) and ``sampling_time`` (its wall seconds).
+        HMC-family kernel), the counts, the seed, ``num_processes``, ``num_grad_evals``
+        (gradient evaluations per chain of the whole run) and ``sampling_time`` (its wall
+        seconds).
+
+    In a ``torch.distributed`` run (an initialized default process group) each process
+    moves its block of the chains (the number of processes must divide ``num_chains``) and
+    every process returns all of them; a chain's draws are those it gets in one process
+    with the same seed (``docs/scaling.md``).
 
     Example:
         >>> from pyro_flowebm.infer import HMC
@@ -220,22 +236,19 @@ def run_chains(
     with seeded(seed, device):
         if init is None:
             init = ebm.base_dist.sample((num_chains,))
-        state = _initial_state(kernel, potential, init, ebm, num_chains)
-        adaptation = kernel.adaptation(init, warmup_steps)
-        trace, grad_evals, state = _sample(
-            kernel, adaptation, potential, state, num_samples, warmup_steps, thin, progress_bar
+        counts = (num_chains, num_samples, warmup_steps, thin)
+        draws, stats, adapted, grad_evals = _run(
+            kernel, (potential, ebm), init, counts, progress_bar
         )
-    draws = trace.draws.transpose(0, 1)
     posterior = {"x": draws}
     if ebm is not None:
         with torch.no_grad():
             posterior = {"x": ebm.transform(draws), "z": draws}
     if draws.device.type == "cuda":
         torch.cuda.synchronize(draws.device)  # kernels run asynchronously: wait for them
-    adapted = adaptation.adapted()
     return to_inference_data(
         posterior,
-        {k: v.transpose(0, 1) for k, v in trace.stats.items()},
+        stats,
         attrs={
             "inference_library": "pyro_flowebm",
             "inference_library_version": __version__,
@@ -249,11 +262,39 @@ def run_chains(
             "warmup_steps": warmup_steps,
             "thin": thin,
             "seed": seed,
+            # Processes that shared the chains (a chain's draws do not depend on it).
+            "num_processes": process_rank()[1],
             # The whole run's cost, warm-up included.
             "num_grad_evals": grad_evals,
             "sampling_time": round(time.perf_counter() - start, 3),
         },
     )
+
+
+def _run(
+    kernel: Kernel,
+    target: tuple[Potential, FlowEBM | None],
+    init: Tensor,
+    counts: tuple[int, int, int, int],
+    progress_bar: bool,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Any], int]:
+    """Run the chains from ``init``: their draws and statistics ``(chain, draw, ...)``,
+    what warm-up settled on, and the gradient evaluations a chain.
+
+    In a ``torch.distributed`` run each process moves its block of the chains, and the
+    draws of every process are gathered at the end (:mod:`pyro_flowebm.core.shard`).
+    """
+    (potential, ebm), (num_chains, num_samples, warmup_steps, thin) = target, counts
+    with sharding(num_chains):
+        state = _initial_state(kernel, potential, init, ebm, num_chains)
+        adaptation = kernel.adaptation(state.position, warmup_steps)
+        trace, grad_evals, state = _sample(
+            kernel, adaptation, potential, state, num_samples, warmup_steps, thin,
+            progress_bar and process_rank()[0] == 0,
+        )  # fmt: skip
+        draws = all_chains(trace.draws.transpose(0, 1))
+        stats = {k: all_chains(v.transpose(0, 1)) for k, v in trace.stats.items()}
+        return draws, stats, adaptation.adapted(), grad_evals
 
 
 def advance(

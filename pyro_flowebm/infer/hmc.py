@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import check_int, check_nonnegative, check_positive, check_probability
+from ..core import chain_draws, check_int, check_nonnegative, check_positive, check_probability
 from ..core.checks import Checked
 from .adaptation import HMCAdaptation
 from .integrators import compiled, functional_leapfrog_step, leapfrog_step
@@ -155,10 +155,10 @@ class HMC(Kernel):
         jitter = float(torch.rand((), generator=generator, device=q0.device)) if jittered else 1.0
         num_steps = self._num_steps(params, eps, jitter)
         if self.step_size_jitter and not jittered:
-            u = torch.rand(eps.shape, generator=generator, **factory)
+            u = chain_draws(torch.rand, eps.shape, generator=generator, **factory)
             eps = eps * (1 + self.step_size_jitter * (2 * u - 1))
         inv_mass = params.inverse_mass
-        p0 = torch.randn(q0.shape, generator=generator, **factory) / inv_mass.sqrt()
+        p0 = chain_draws(torch.randn, q0.shape, generator=generator, **factory) / inv_mass.sqrt()
         h0 = u0 + 0.5 * sum_event(inv_mass * p0.pow(2))
         q, p, u, g = q0, p0, u0, g0
         eps_b = expand_chains(eps, q0)
@@ -169,7 +169,7 @@ class HMC(Kernel):
         delta = torch.where(torch.isfinite(delta), delta, torch.full_like(delta, math.inf))
         diverging = delta > self.max_energy_error
         accept_prob = torch.exp(-delta.clamp(min=0.0))
-        uniform = torch.rand(accept_prob.shape, generator=generator, **factory)
+        uniform = chain_draws(torch.rand, accept_prob.shape, generator=generator, **factory)
         accepted = (uniform < accept_prob) & ~diverging
         info = StepInfo(
             accept_prob=accept_prob,

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..core import chain_draws
 from .integrators import evaluation
 from .kernel import Kernel
 from .state import ChainState, Potential, StepInfo, select_chains, sum_event
@@ -53,7 +54,7 @@ class IndependenceMH(Kernel):
     ) -> tuple[ChainState, StepInfo]:
         q0 = state.position
         factory = {"dtype": q0.dtype, "device": q0.device}
-        z = torch.randn(q0.shape, generator=generator, **factory)
+        z = chain_draws(torch.randn, q0.shape, generator=generator, **factory)
         u, g = self._value_and_grad(potential, z)
         half_sq = 0.5 * sum_event(z.pow(2))
         old_half_sq = 0.5 * sum_event(q0.pow(2))
@@ -61,7 +62,7 @@ class IndependenceMH(Kernel):
         log_ratio = torch.where(torch.isnan(log_ratio), torch.full_like(u, -math.inf), log_ratio)
         accept_prob = log_ratio.clamp(max=0.0).exp()
         diverging = ~torch.isfinite(u)
-        uniform = torch.rand(u.shape, generator=generator, **factory)
+        uniform = chain_draws(torch.rand, u.shape, generator=generator, **factory)
         accepted = (uniform < accept_prob) & ~diverging
         new_state = select_chains(accepted, ChainState(z, u, g), state)
         return new_state, StepInfo(

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import check_positive
+from ..core import chain_draws, check_positive
 from ..core.checks import Checked
 from .kernel import Kernel
 from .state import ChainState, Params, Potential, StepInfo, select_chains, sum_event, value_and_grad
@@ -65,7 +65,9 @@ class ULA(Kernel):
     ) -> tuple[ChainState, StepInfo]:
         eps = float(params.step_size)
         q0 = state.position
-        noise = torch.randn(q0.shape, generator=generator, dtype=q0.dtype, device=q0.device)
+        noise = chain_draws(
+            torch.randn, q0.shape, generator=generator, dtype=q0.dtype, device=q0.device
+        )
         q = q0 - 0.5 * eps**2 * state.grad + eps * noise
         u, g = value_and_grad(potential, q)
         finite = torch.isfinite(u) & torch.isfinite(sum_event(g))

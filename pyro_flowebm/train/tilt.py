@@ -15,13 +15,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import (
+    all_chains,
     check_int,
     check_nonnegative,
     check_points,
     check_positive,
     check_probability,
+    data_parallel,
+    distributed,
+    local_rows,
+    process_rank,
     rng_state,
     set_rng_state,
+    sharding,
 )
 from ..datasets import check_levels, dequantize
 from ..distributions import FlowEBM
@@ -123,6 +129,13 @@ class TiltState:
         kernel: the HMC kernel of the model draws.
         adaptation: its step-size adaptation, which runs for the whole training (the
             potential changes at every step).
+        objective: the loss as a module of the trained parameters (wrapped in
+            ``DistributedDataParallel`` in a ``torch.distributed`` run, which averages its
+            gradients across processes); ``None``: computed without a module.
+
+    In a ``torch.distributed`` run ``chains`` holds this process's block of the chains;
+    :meth:`state_dict` gathers all of them, and :meth:`load_state_dict` takes the block
+    back, whatever the number of processes that wrote it.
     """
 
     step: int
@@ -131,6 +144,7 @@ class TiltState:
     schedule: torch.optim.lr_scheduler.LRScheduler
     kernel: HMC
     adaptation: HMCAdaptation
+    objective: nn.Module | None = None
 
     def state_dict(self, ebm: FlowEBM) -> dict[str, Any]:
         """A snapshot to continue from: parameters, optimizer, schedule, the generator's
@@ -143,7 +157,7 @@ class TiltState:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict(),
                 "rng": rng_state(),
-                "chains": self.chains,
+                "chains": None if self.chains is None else all_chains(self.chains),
                 "adaptation": self.adaptation.state_dict(),
             }
         )
@@ -156,7 +170,8 @@ class TiltState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        self.step, self.chains = state["step"], state["chains"]
+        chains = state["chains"]
+        self.step, self.chains = state["step"], None if chains is None else local_rows(chains)
         if "adaptation" in state:
             self.adaptation.load_state_dict(state["adaptation"])
         else:
@@ -183,7 +198,7 @@ def _model_draws(ebm: FlowEBM, settings: TiltSettings, state: TiltState) -> tupl
     potential = ebm.chain_potential
     z = state.chains
     if z is None or not settings.persistent:
-        z = ebm.base_dist.sample((settings.batch_size,))
+        z = local_rows(ebm.base_dist.sample((settings.batch_size,)))
     # fit_ebm checked the energy before the first step (check_energy): the chains start
     # with a plain evaluation, compiled with the rest when the chains are.
     chain = ChainState(z.detach(), *evaluation(settings.compile)(potential, z))
@@ -217,6 +232,21 @@ def _loss(
     return loss, e_data, e_model
 
 
+class _Objective(nn.Module):
+    """:func:`_loss` as a module of the trained parameters (the energy's, and the
+    backbone's when fine-tuned), for ``DistributedDataParallel``."""
+
+    def __init__(self, ebm: FlowEBM, settings: TiltSettings) -> None:
+        super().__init__()
+        self.energy = ebm.energy
+        fine_tuned = settings.finetune_lr is not None
+        self.backbone = backbone_modules(ebm) if fine_tuned else nn.ModuleList()
+        self.ebm, self.settings = ebm, settings
+
+    def forward(self, x_data: Tensor, x_model: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _loss(self.ebm, x_data, x_model, self.settings)
+
+
 def _guard(step: int, numbers: dict[str, float], settings: TiltSettings) -> None:
     """Raise :class:`TrainingDiverged` for the first check of the step that fails."""
     if not numbers["finite_draws"]:
@@ -230,6 +260,23 @@ def _guard(step: int, numbers: dict[str, float], settings: TiltSettings) -> None
         )
     if not math.isfinite(numbers["grad_norm"]):
         raise _diverged(step, "a gradient is not finite")
+
+
+# The numbers of a step that the guard and the metrics read, in the order tilt_step stacks them.
+_NUMBERS = (
+    "finite_draws loss energy_data energy_model grad_norm acceptance step_size largest".split()
+)
+
+
+def _step_numbers(values: list[Tensor]) -> dict[str, float]:
+    """The step's numbers (:data:`_NUMBERS`) in one wait for the device; in a
+    ``torch.distributed`` run, over every process: means of the per-process means (equal
+    blocks), the least of ``finite_draws`` and the largest energy. Every process then sees
+    the same numbers, and its guard stops it with the others."""
+    every = all_chains(torch.stack([v.to(torch.float64) for v in values])[None])
+    numbers = every.mean(0)
+    numbers[0], numbers[-1] = every[:, 0].min(), every[:, -1].max()
+    return dict(zip(_NUMBERS, numbers.tolist(), strict=True))
 
 
 def tilt_step(
@@ -258,10 +305,14 @@ def tilt_step(
         # A step with a non-finite draw is refused below; until then its loss is computed
         # on finite stand-ins, so that nothing raises before the guard.
         x_model = torch.where(finite, x_model, torch.zeros_like(x_model))
+    # The whole batch is drawn in every process (the generators stay in step), each keeps
+    # its block.
     x_data = data[torch.randint(data.shape[0], (settings.batch_size,), device=data.device)]
     if settings.dequantize is not None:
         x_data = dequantize(x_data, settings.dequantize)
-    loss, e_data, e_model = _loss(ebm, x_data, x_model, settings)
+    x_data = local_rows(x_data)
+    objective = state.objective if state.objective is not None else _Objective(ebm, settings)
+    loss, e_data, e_model = objective(x_data, x_model)
     params = [p for group in state.optimizer.param_groups for p in group["params"]]
     state.optimizer.zero_grad()
     loss.backward()
@@ -269,9 +320,7 @@ def tilt_step(
     with torch.no_grad():
         values = [finite.all(), loss, e_data.mean(), e_model.mean(), grad_norm, *sampler]
         values.append(torch.maximum(e_data.abs().max(), e_model.abs().max()))
-        names = "finite_draws loss energy_data energy_model grad_norm acceptance step_size"
-        numbers = dict(zip([*names.split(), "largest"], torch.stack(
-            [v.to(torch.float64) for v in values]).tolist(), strict=True))  # fmt: skip
+        numbers = _step_numbers(values)
     try:
         _guard(step, numbers, settings)
     except TrainingDiverged:
@@ -289,6 +338,7 @@ def tilt_step(
 
 def _validation(ebm: FlowEBM, heldout: Tensor, z: Tensor) -> dict[str, float]:
     """``val_energy_gap`` and ``val_mmd`` of the model draws ``g(z)`` against held-out points."""
+    z = all_chains(z)  # every process's draws
     with torch.no_grad():
         x_model = ebm.transform(z)
         gap = ebm.energy_of(heldout).mean().item() - ebm.energy_of(x_model).mean().item()
@@ -337,7 +387,8 @@ def _new_state(ebm: FlowEBM, settings: TiltSettings) -> TiltState:
         compile=settings.compile,
     )
     position = groups[0]["params"][0].new_zeros((1, *ebm.event_shape))
-    return TiltState(0, None, optimizer, schedule, hmc, hmc.adaptation(position, None))
+    objective = data_parallel(_Objective(ebm, settings))
+    return TiltState(0, None, optimizer, schedule, hmc, hmc.adaptation(position, None), objective)
 
 
 def fit_ebm(
@@ -398,6 +449,15 @@ def fit_ebm(
     A guard stops training with :class:`TrainingDiverged` when the loss, a gradient or a
     model draw is non-finite, or an energy exceeds ``max_energy`` in magnitude; it trips
     before the optimizer step, so the parameters are the last good ones.
+
+    In a ``torch.distributed`` run (an initialized default process group, e.g. under
+    torchrun) training is data-parallel: ``batch_size`` is the global batch, which the
+    number of processes must divide; each process takes its block of every data batch and
+    of the chains, the gradients are averaged by ``DistributedDataParallel``, the metrics
+    and the guard's numbers are reduced over the processes, and ``on_checkpoint`` receives
+    every chain (``docs/scaling.md``). A step in N processes is the step of one process
+    with the same batch and chains, up to float rounding. Every process calls ``fit_ebm``
+    with the same arguments; the callbacks may be given to the first alone.
 
     Randomness comes from torch's global generator: seed it (``pyro.set_rng_seed``) for
     a reproducible run. ``on_checkpoint`` receives, every ``checkpoint_every`` steps and
@@ -494,11 +554,15 @@ def fit_ebm(
     # chains would move on the backbone alone.
     ebm.check_energy(data[: settings.batch_size])
     settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, data.shape[0]))
-    state = _new_state(ebm, settings)
-    if resume is not None:
-        state.load_state_dict(ebm, resume)
     callbacks = (on_metrics, on_checkpoint)
-    return _train(ebm, (data, heldout), settings, state, callbacks, progress_bar)
+    # In a torch.distributed run each process moves its block of the chains and takes its
+    # block of every data batch; the objective's gradients are averaged across processes.
+    with sharding(settings.batch_size, "a batch size"):
+        state = _new_state(ebm, settings)
+        if resume is not None:
+            state.load_state_dict(ebm, resume)
+        progress_bar = progress_bar and process_rank()[0] == 0
+        return _train(ebm, (data, heldout), settings, state, callbacks, progress_bar)
 
 
 def _train(
@@ -522,8 +586,13 @@ def _train(
             history.append(metrics)
             if on_metrics is not None:
                 on_metrics(metrics)
-            if on_checkpoint is not None and (last or (every and (step + 1) % every == 0)):
-                on_checkpoint(state.state_dict(ebm))
+            due = last or (every and (step + 1) % every == 0)
+            # The snapshot gathers the chains of every process: all take it, whichever
+            # of them was given on_checkpoint.
+            if due and (on_checkpoint is not None or distributed()):
+                snapshot = state.state_dict(ebm)
+                if on_checkpoint is not None:
+                    on_checkpoint(snapshot)
             if step % 10 == 0:
                 bar.set_postfix({k: f"{metrics[k]:.3g}" for k in _SHOWN})
     return history
