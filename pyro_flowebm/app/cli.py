@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -29,9 +30,19 @@ from .config import (
     default_of,
 )
 from .evaluation import evaluate_run
+from .launch import (
+    BACKENDS,
+    STOPPED,
+    ProcessStopped,
+    check_processes,
+    launch,
+    launched,
+    process_group,
+    without_launch_flag,
+)
 from .reporting import report_run
 from .rundir import CHECKPOINT, EVALUATION, read_config
-from .sampling import sample_run
+from .sampling import check_shared_chains, sample_run
 from .training import train_run
 
 __all__ = ["main"]
@@ -180,6 +191,21 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _process_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--nproc-per-node", dest="nproc_per_node", type=_positive_int, default=None,
+        metavar="N",
+        help=f"run in N processes on this machine, launched through torchrun, each with its "
+        f"share of {what} (gloo on CPU, nccl on CUDA: one GPU a process); for several "
+        "machines, start `torchrun ... -m pyro_flowebm` on each (docs/scaling.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="torch.distributed backend of a run in several processes (default: auto, nccl "
+        "for CUDA devices, gloo otherwise)",
+    )  # fmt: skip
+
+
 def _deprecated_flags(parser: argparse.ArgumentParser, command: str, **kwargs: Any) -> None:
     for old, (new, dest) in _DEPRECATED_FLAGS[command].items():
         parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS,
@@ -228,6 +254,7 @@ def _train_parser(commands: Any) -> None:
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    _process_flags(train, "every data batch and of the chains")
     _common_flags(train)
 
 
@@ -270,6 +297,7 @@ def _sample_parser(commands: Any) -> None:
         "evaluations a chain; never with nuts)",
     )  # fmt: skip
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _process_flags(sample, "the chains")
     _common_flags(sample)
 
 
@@ -361,7 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config from the flags given (a resume keeps the run's compile choice)."""
     fields = {field for field, _, _ in _TRAIN_FLAGS} | {"persistent", "compile"}
     given = {k: v for k, v in vars(args).items() if k in fields}
     if args.resume and "compile" not in given and (args.out / "config.json").is_file():
@@ -376,19 +405,30 @@ def _train(args: argparse.Namespace) -> int:
         named = [field for field in given if re.search(rf"\b{field}\b", str(e))]
         flag = f"argument --{named[0].replace('_', '-')}: " if named else ""
         raise ValueError(flag + str(e)) from e
+    return config
+
+
+def _first_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _train_config(args)
     try:
         train_run(
             args.out, config, resume=args.resume, overwrite=args.overwrite,
             progress_bar=not args.no_progress,
         )  # fmt: skip
     except TrainingDiverged as e:
-        print(
-            f"pyro-flowebm train: {e}. The last good checkpoint is kept in "
-            f"{args.out / CHECKPOINT}.",
-            file=sys.stderr,
-        )
+        if _first_process():  # every process stopped at the same step
+            print(
+                f"pyro-flowebm train: {e}. The last good checkpoint is kept in "
+                f"{args.out / CHECKPOINT}.",
+                file=sys.stderr,
+            )
         return 1
-    print(f"trained: {args.out}")
+    if _first_process():
+        print(f"trained: {args.out}")
     return 0
 
 
@@ -399,7 +439,8 @@ def _sample(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, overwrite=args.overwrite,
         progress_bar=not args.no_progress, compile=args.compile,
     )  # fmt: skip
-    print(f"wrote {args.out}")
+    if _first_process():
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -448,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["train", "--data", "rings", "--out", "run", "--steps", "0"])
         2
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -458,21 +500,80 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "nproc_per_node", None) is not None:
+            return _launch(args, argv)
+        if launched():
+            return _in_process_group(command, args)
         return command(args)
+    except (ProcessStopped, torch.distributed.DistError) as e:
+        # Stopped by the launcher, or a collective found a peer gone: another process of
+        # the run failed first (the launcher reports which).
+        if isinstance(e, torch.distributed.DistError):
+            e = f"lost another process of the run ({str(e).splitlines()[0]})"
+        print(f"pyro-flowebm {args.command}: {e}{_resume_hint(args)}", file=sys.stderr)
+        return STOPPED
     except KeyboardInterrupt:
-        hint = (
-            " (the last checkpoint is kept: continue with --resume)"
-            if args.command == "train"
-            else ""
-        )
-        print(f"pyro-flowebm {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"pyro-flowebm {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         message = _expected_failure(e)
         if message is None:
             raise  # a bug: the traceback is for us
-        print(f"pyro-flowebm {args.command}: error: {message}", file=sys.stderr)
+        # Bad input is found alike (or by the first process for all) in every process of a
+        # run: the first reports it; what befalls one process, that process reports.
+        if _first_process() or not isinstance(e, ValueError | OSError | DirectoryLockedError):
+            print(f"pyro-flowebm {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if args.command != "train":
+        return ""
+    return f" (the last checkpoint is kept in {args.out / CHECKPOINT}: continue with --resume)"
+
+
+def _device_and_counts(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
+    """The device of a train or sample command, and its counts that processes share."""
+    if args.command == "train":
+        config = _train_config(args)
+        return config.device, {"--batch-size": config.batch_size}
+    device = args.device if args.device is not None else read_config(args.run).device
+    return device, {"--num-chains": args.num_chains}
+
+
+def _launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--nproc-per-node N``: check, then run the command in N processes through torchrun."""
+    if launched():
+        raise ValueError(
+            "expected --nproc-per-node outside torchrun (under torchrun, give torchrun the "
+            "number of processes), got both"
+        )
+    device, counts = _device_and_counts(args)
+    check_processes(args.nproc_per_node, device, args.backend, counts)
+    if args.command == "sample":
+        check_shared_chains(args.sampler, args.num_chains, args.nproc_per_node)
+    # torchrun would set it (and say so); --threads sets torch's threads in each process.
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    failures = launch(without_launch_flag(argv), args.nproc_per_node)
+    if not failures:
+        return 0
+    print(
+        f"pyro-flowebm {args.command}: error: {'; '.join(failures)}; the others were stopped"
+        + _resume_hint(args),
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _in_process_group(
+    command: Callable[[argparse.Namespace], int], args: argparse.Namespace
+) -> int:
+    """A process started by torchrun: run ``command`` as its share of the run."""
+    if args.command not in ("train", "sample"):
+        raise ValueError(f"expected train or sample under torchrun, got {args.command}")
+    device, _ = _device_and_counts(args)
+    with process_group(device, args.backend):
+        return command(args)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core import on_first_process, process_rank
 from ..infer import preset_kernel, sample_ebm
 from ..io import write_netcdf
 from .checks import check_count, check_fits_in_memory, check_output_file, check_seed
-from .config import COMPILE_MIN_GRADIENTS, default_of
-from .training import load_run
+from .config import COMPILE_MIN_GRADIENTS, RunConfig, default_of
+from .training import build_run_model, read_run_state
 
 if TYPE_CHECKING:
     from arviz import InferenceData
 
-__all__ = ["sample_run"]
+__all__ = ["check_shared_chains", "sample_run"]
 
 
 def _gradients_per_iteration(settings: dict[str, Any]) -> int:
@@ -33,6 +34,26 @@ def _gradients_per_iteration(settings: dict[str, Any]) -> int:
     if settings["chees"]:
         return math.ceil(settings["init_trajectory_length"] / settings["step_size"])
     return settings["num_steps"]
+
+
+def check_shared_chains(sampler: str, num_chains: int, processes: int) -> None:
+    """Chains that ``processes`` processes can share: as many each, of a vectorized preset.
+
+    Example:
+        >>> check_shared_chains("nuts", 4, 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: expected a vectorized sampler in several processes, got nuts
+    """
+    if processes == 1:
+        return
+    if sampler == "nuts":
+        # NUTS runs its chains one at a time, each process all of them.
+        raise ValueError("expected a vectorized sampler in several processes, got nuts")
+    if num_chains % processes:
+        raise ValueError(
+            f"expected --num-chains divisible by the {processes} processes, got {num_chains}"
+        )
 
 
 def sample_run(
@@ -52,6 +73,10 @@ def sample_run(
 ) -> InferenceData:
     """Sample a run's FlowEBM with a preset of :func:`~pyro_flowebm.infer.sample_ebm` and
     write the draws as NetCDF (atomically) to ``out``.
+
+    In a ``torch.distributed`` run (``pyro-flowebm sample --nproc-per-node N``, or
+    torchrun) each process moves its share of the chains and the first writes all of them:
+    the same draws as one process with the same seed.
 
     Args:
         run_dir: the run.
@@ -83,18 +108,26 @@ def sample_run(
             would not fit in memory, a device this machine lacks, or a damaged run.
     """
     out = Path(out)
-    check_output_file("--out", out, (".nc",), overwrite)
-    for name, value, minimum in (
-        ("--num-chains", num_chains, 1), ("--num-samples", num_samples, 1),
-        ("--warmup-steps", warmup_steps, 0), ("--thin", thin, 1),
-    ):  # fmt: skip
-        check_count(name, value, minimum)
-    if seed is not None:
-        check_seed("--seed", seed)
-    ebm = load_run(run_dir, device=device)
-    # Kept draws of x and z, four bytes a number.
-    num_bytes = 2 * 4 * num_chains * num_samples * int(np.prod(ebm.event_shape))
-    check_fits_in_memory(f"{num_chains} chains of {num_samples} draws", num_bytes)
+
+    def opened() -> tuple[RunConfig, dict[str, Any]]:
+        check_output_file("--out", out, (".nc",), overwrite)
+        for name, value, minimum in (
+            ("--num-chains", num_chains, 1), ("--num-samples", num_samples, 1),
+            ("--warmup-steps", warmup_steps, 0), ("--thin", thin, 1),
+        ):  # fmt: skip
+            check_count(name, value, minimum)
+        if seed is not None:
+            check_seed("--seed", seed)
+        check_shared_chains(sampler, num_chains, process_rank()[1])
+        config, checkpoint = read_run_state(run_dir, device)
+        # Kept draws of x and z, four bytes a number.
+        num_bytes = 2 * 4 * num_chains * num_samples * int(np.prod(checkpoint["event_shape"]))
+        check_fits_in_memory(f"{num_chains} chains of {num_samples} draws", num_bytes)
+        return config, checkpoint
+
+    # In a torch.distributed run the first process checks and reads for all; each moves its
+    # share of the chains, and the first writes all of them.
+    ebm = build_run_model(run_dir, *on_first_process(opened))
     if compile is None:
         iterations = warmup_steps + num_samples * thin
         vectors = len(ebm.event_shape) == 1
@@ -108,5 +141,6 @@ def sample_run(
         ebm, sampler, num_chains, num_samples, warmup_steps,
         thin=thin, seed=seed, progress_bar=progress_bar, compile=compile,
     )  # fmt: skip
-    write_netcdf(idata, out, overwrite=overwrite)
+    if process_rank()[0] == 0:
+        write_netcdf(idata, out, overwrite=overwrite)
     return idata

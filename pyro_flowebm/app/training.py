@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import datasets
-from ..core import rng_state, set_rng_state
+from ..core import on_first_process, process_rank, rng_state, set_rng_state
 from ..distributions import FlowEBM
 from ..flows import fit_backbone
 from ..io import (
@@ -87,8 +88,6 @@ def _fit_backbone_phase(
         ebm.backbone, train, config.backbone_steps, lr=config.backbone_lr,
         batch_size=config.batch_size, dequantize=levels, progress_bar=progress_bar,
     )  # fmt: skip
-    lines = (json.dumps({"phase": "backbone", "step": i, "loss": v}) for i, v in enumerate(losses))
-    write_text("".join(line + "\n" for line in lines), out / METRICS)
     checkpoint = {
         "phase": "backbone",
         "event_shape": list(train.shape[1:]),
@@ -96,7 +95,12 @@ def _fit_backbone_phase(
         "energy": ebm.energy.state_dict(),
         "rng": rng_state(),
     }
-    save_tensors(checkpoint, out / CHECKPOINT)
+    if process_rank()[0] == 0:  # the first process writes for all
+        lines = (
+            json.dumps({"phase": "backbone", "step": i, "loss": v}) for i, v in enumerate(losses)
+        )
+        write_text("".join(line + "\n" for line in lines), out / METRICS)
+        save_tensors(checkpoint, out / CHECKPOINT)
     return checkpoint
 
 
@@ -104,20 +108,24 @@ def _tilt_phase(
     out: Path, config: RunConfig, ebm: FlowEBM, data: tuple[Tensor, Tensor, int | None],
     trainer: dict[str, Any] | None, progress_bar: bool,
 ) -> None:  # fmt: skip
-    """Learn the tilt, appending metrics and writing checkpoints as training goes."""
+    """Learn the tilt, appending metrics and writing checkpoints as training goes (the
+    first process, for all: the metrics are every process's, the chains all of them)."""
     train, heldout, levels = data
     event_shape = list(train.shape[1:])
+    first = process_rank()[0] == 0
 
     def on_checkpoint(state: dict[str, Any]) -> None:
         checkpoint = {"phase": "ebm", "event_shape": event_shape, "trainer": state}
         checkpoint |= {key: state[key] for key in ("backbone", "energy", "rng")}
-        save_tensors(checkpoint, out / CHECKPOINT)
+        if first:
+            save_tensors(checkpoint, out / CHECKPOINT)
 
-    with open(out / METRICS, "a", encoding="utf-8") as log:
+    with open(out / METRICS, "a", encoding="utf-8") if first else contextlib.nullcontext() as log:
 
         def on_metrics(metrics: dict[str, float]) -> None:
-            log.write(json.dumps({"phase": "ebm", **metrics}) + "\n")
-            log.flush()
+            if log is not None:
+                log.write(json.dumps({"phase": "ebm", **metrics}) + "\n")
+                log.flush()
 
         fit_ebm(
             ebm, train, validation_data=heldout, on_checkpoint=on_checkpoint,
@@ -153,6 +161,12 @@ def train_run(
     are the old run's files removed; only a directory holding a ``config.json`` is
     overwritten).
 
+    In a ``torch.distributed`` run (``pyro-flowebm train --nproc-per-node N``, or torchrun)
+    every process calls this with the same config: the first checks, writes and reads the
+    run directory for all and sends the data and checkpoint to the others; training is
+    data-parallel (:func:`~pyro_flowebm.fit_ebm`). A checkpoint holds every chain, so a run
+    resumes in any number of processes: bit for bit in as many as wrote it.
+
     Args:
         out: the run directory (created if missing).
         config: the run's settings.
@@ -184,31 +198,66 @@ def train_run(
         ['.pyro_flowebm.lock', 'checkpoint.pt', 'config.json', 'data.pt', 'metrics.jsonl']
     """
     out = Path(out)
+    with contextlib.ExitStack() as held:
+        # In a torch.distributed run the first process checks, writes and reads the run
+        # directory (holding its lock) and sends the data and checkpoint to the others.
+        train, heldout, levels, checkpoint = on_first_process(
+            lambda: _open_run(out, config, (resume, overwrite), held)
+        )
+        device = torch.device(config.device)
+        pyro.set_rng_seed(config.seed)
+        ebm = config.build(tuple(train.shape[1:]))
+        train, heldout = train.to(device), heldout.to(device)
+        if checkpoint is None:
+            checkpoint = _fit_backbone_phase(out, config, ebm, train, levels, progress_bar)
+        _load_state(ebm, _on_device(checkpoint, device), out / CHECKPOINT)
+        trainer = checkpoint.get("trainer")
+        if trainer is None or trainer["step"] < config.steps:
+            trainer = None if trainer is None else _on_device(trainer, device)
+            _tilt_phase(out, config, ebm, (train, heldout, levels), trainer, progress_bar)
+    return ebm
+
+
+def _open_run(
+    out: Path, config: RunConfig, flags: tuple[bool, bool], held: contextlib.ExitStack
+) -> tuple[Tensor, Tensor, int | None, dict[str, Any] | None]:
+    """Check everything, then take the run directory's lock (into ``held``) and begin or
+    reopen the run: its training and held-out data, levels, and checkpoint (on the CPU;
+    ``None`` for a new run)."""
+    resume, overwrite = flags
     check_device("device", config.device)
     check_writable_dir("out", out)
     train, heldout, levels = _split(config)  # raises on bad data before anything is touched
+    _, world = process_rank()
+    batch_size = min(config.batch_size, train.shape[0])
+    if batch_size % world:
+        raise ValueError(
+            f"expected a batch size divisible by the {world} processes, got {batch_size}"
+        )
     shape = tuple(train.shape[1:])
     check_fits_in_memory("training this config", config.minimum_bytes(shape))
     pyro.set_rng_seed(config.seed)
     ebm = config.build(shape)  # and on a model that does not fit the data
     prepare_run_dir(out, config, resume, overwrite)  # refuses early, before the directory exists
     out.mkdir(parents=True, exist_ok=True)
-    with lock_directory(out):
-        # Again, holding the lock: another process may have written in the meantime.
-        if prepare_run_dir(out, config, resume, overwrite):
-            train, heldout, checkpoint = _resumed(out, config, ebm)
-        else:
-            _start(out, config, (train, heldout, levels))
-            checkpoint = None
-        device = torch.device(config.device)
-        train, heldout = train.to(device), heldout.to(device)
-        if checkpoint is None:
-            checkpoint = _fit_backbone_phase(out, config, ebm, train, levels, progress_bar)
-            _load_state(ebm, checkpoint, out / CHECKPOINT)
-        trainer = checkpoint.get("trainer")
-        if trainer is None or trainer["step"] < config.steps:
-            _tilt_phase(out, config, ebm, (train, heldout, levels), trainer, progress_bar)
-    return ebm
+    held.enter_context(lock_directory(out))
+    # Again, holding the lock: another process may have written in the meantime.
+    if prepare_run_dir(out, config, resume, overwrite):
+        train, heldout, checkpoint = _resumed(out, config, ebm)
+        return train, heldout, levels, checkpoint
+    _start(out, config, (train, heldout, levels))
+    return train, heldout, levels, None
+
+
+def _on_device(value: Any, device: torch.device) -> Any:
+    """A checkpoint's tensors (in nested dicts and lists) moved to ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _on_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_device(v, device) for v in value)
+    return value
 
 
 def _start(out: Path, config: RunConfig, data: tuple[Tensor, Tensor, int | None]) -> None:
@@ -239,8 +288,8 @@ def _resumed(out: Path, config: RunConfig, ebm: FlowEBM) -> tuple[Tensor, Tensor
     metrics = read_metrics(out)
     if not (out / CHECKPOINT).is_file():
         return train, heldout, None
-    checkpoint = read_checkpoint(out, config.device)  # chains go to the device
-    _load_state(ebm, checkpoint, out / CHECKPOINT)
+    checkpoint = read_checkpoint(out, "cpu")  # each process moves it to its device
+    _load_state(ebm, checkpoint, out / CHECKPOINT)  # a check: each process loads it again
     done = checkpoint["trainer"]["step"] if checkpoint["phase"] == "ebm" else 0
     kept = [m for m in metrics if m["phase"] == "backbone" or m["step"] < done]
     write_text("".join(json.dumps(m) + "\n" for m in kept), out / METRICS)
@@ -291,6 +340,14 @@ def load_run(run_dir: str | os.PathLike[str], *, device: str | None = None) -> F
         >>> corrected_sample(ebm, (5,), mcmc_steps=2).shape
         torch.Size([5, 2])
     """
+    return build_run_model(run_dir, *read_run_state(run_dir, device))
+
+
+def read_run_state(
+    run_dir: str | os.PathLike[str], device: str | None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """The config of a run (on ``device`` if given) and its last checkpoint, on the CPU,
+    checked: what :func:`load_run` reads."""
     config = read_config(run_dir)
     if device is not None:
         config = dataclasses.replace(config, device=device)
@@ -298,7 +355,14 @@ def load_run(run_dir: str | os.PathLike[str], *, device: str | None = None) -> F
         check_device("device", config.device)
     except ValueError as e:
         raise ValueError(f"{e}; pass device= (--device) to load the run elsewhere") from e
-    checkpoint = read_checkpoint(run_dir, config.device)
+    return config, read_checkpoint(run_dir, "cpu")
+
+
+def build_run_model(
+    run_dir: str | os.PathLike[str], config: RunConfig, checkpoint: dict[str, Any]
+) -> FlowEBM:
+    """The model of :func:`read_run_state`'s config and checkpoint, on the config's device."""
     ebm = config.build(tuple(checkpoint["event_shape"]))
-    _load_state(ebm, checkpoint, Path(run_dir) / CHECKPOINT, rng=False)
+    device = torch.device(config.device)
+    _load_state(ebm, _on_device(checkpoint, device), Path(run_dir) / CHECKPOINT, rng=False)
     return ebm
