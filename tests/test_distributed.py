@@ -291,6 +291,27 @@ def test_sampling_in_two_processes_writes_the_draws_of_one(two_process_run, tmp_
     assert json.loads(two.posterior.attrs["kernel"]) == json.loads(one.posterior.attrs["kernel"])
 
 
+@SHARED_RUN
+def test_every_process_stops_together_on_a_divergence_and_on_bad_input(two_process_run, tmp_path):
+    out = tmp_path / "blow_up"
+    blow_up = [*TRAIN, "--data", "eight_gaussians", "--steps", "300", "--lr", "1000"]
+    blow_up += ["--energy-reg", "0", "--checkpoint-every", "1", "--out", str(out)]
+    code, stderr = finished(command(*blow_up, "--nproc-per-node", "2"))
+    assert code == 1
+    # The guard read the same numbers in both processes: one report, from the first.
+    assert stderr.count("training diverged at step") == 1, stderr
+    assert "ended with" not in stderr
+    checkpoint = load_tensors(out / "checkpoint.pt")
+    assert all(torch.isfinite(v).all() for v in checkpoint["energy"].values())
+
+    # The first process finds the run in --out for all; every process stops, one says why.
+    before = (two_process_run / "checkpoint.pt").read_bytes()
+    code, stderr = finished(command(*TRAIN, "--out", str(two_process_run), "--nproc-per-node", "2"))
+    assert code == 2
+    assert stderr.count("pyro-flowebm train: error:") == 1, stderr
+    assert (two_process_run / "checkpoint.pt").read_bytes() == before
+
+
 # -- bad input: refused before anything starts ---------------------------------------------
 
 BAD_LAUNCHES = {

@@ -554,15 +554,15 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
         check_shared_chains(args.sampler, args.num_chains, args.nproc_per_node)
     # torchrun would set it (and say so); --threads sets torch's threads in each process.
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    failures = launch(without_launch_flag(argv), args.nproc_per_node)
+    code, failures = launch(without_launch_flag(argv), args.nproc_per_node)
     if not failures:
-        return 0
+        return code
     print(
         f"pyro-flowebm {args.command}: error: {'; '.join(failures)}; the others were stopped"
         + _resume_hint(args),
         file=sys.stderr,
     )
-    return 1
+    return code
 
 
 def _in_process_group(

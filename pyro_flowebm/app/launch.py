@@ -131,10 +131,15 @@ def without_launch_flag(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def launch(argv: Sequence[str], nproc: int) -> list[str]:
+def launch(argv: Sequence[str], nproc: int) -> tuple[int, list[str]]:
     """Run ``python -m pyro_flowebm *argv`` in ``nproc`` processes on this machine through
-    ``torch.distributed.run`` and wait for them; returns a description of each process
-    that failed (empty: all succeeded). When one fails, torchrun stops the others."""
+    ``torch.distributed.run`` and wait for them. When one fails, torchrun stops the others.
+
+    Returns:
+        The exit code, and a description of each process that a signal ended (SIGKILL, a
+        crash). A process that exited with a code of its own (a diverged training, bad
+        input, no memory) said why itself: its code, and no description.
+    """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -150,8 +155,11 @@ def launch(argv: Sequence[str], nproc: int) -> list[str]:
         failures = sorted(e.failures.items())
         # The processes the launcher stopped after the first failure are not news.
         first = [(r, f) for r, f in failures if f.exitcode not in (STOPPED, -signal.SIGTERM)]
-        return [_describe(rank, failure, nproc) for rank, failure in first or failures]
-    return []
+        first = first or failures
+        if all(f.exitcode > 0 for _, f in first):
+            return max(f.exitcode for _, f in first), []
+        return 1, [_describe(rank, f, nproc) for rank, f in first if f.exitcode < 0]
+    return 0, []
 
 
 def _describe(rank: int, failure: Any, nproc: int) -> str:

@@ -237,15 +237,11 @@ def run_chains(
         if init is None:
             init = ebm.base_dist.sample((num_chains,))
         counts = (num_chains, num_samples, warmup_steps, thin)
-        draws, stats, adapted, grad_evals = _run(
+        posterior, stats, adapted, grad_evals = _run(
             kernel, (potential, ebm), init, counts, progress_bar
         )
-    posterior = {"x": draws}
-    if ebm is not None:
-        with torch.no_grad():
-            posterior = {"x": ebm.transform(draws), "z": draws}
-    if draws.device.type == "cuda":
-        torch.cuda.synchronize(draws.device)  # kernels run asynchronously: wait for them
+    if posterior["x"].device.type == "cuda":
+        torch.cuda.synchronize(posterior["x"].device)  # kernels run asynchronously: wait
     return to_inference_data(
         posterior,
         stats,
@@ -277,12 +273,14 @@ def _run(
     init: Tensor,
     counts: tuple[int, int, int, int],
     progress_bar: bool,
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Any], int]:
-    """Run the chains from ``init``: their draws and statistics ``(chain, draw, ...)``,
-    what warm-up settled on, and the gradient evaluations a chain.
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any], int]:
+    """Run the chains from ``init``: their draws (``x``, and ``z`` for a FlowEBM, whose
+    draws are pushed through the flow) and statistics ``(chain, draw, ...)``, what warm-up
+    settled on, and the gradient evaluations a chain.
 
-    In a ``torch.distributed`` run each process moves its block of the chains, and the
-    draws of every process are gathered at the end (:mod:`pyro_flowebm.core.shard`).
+    In a ``torch.distributed`` run each process moves its block of the chains and pushes
+    its own draws through the flow; the draws of every process are gathered at the end
+    (:mod:`pyro_flowebm.core.shard`).
     """
     (potential, ebm), (num_chains, num_samples, warmup_steps, thin) = target, counts
     with sharding(num_chains):
@@ -292,9 +290,14 @@ def _run(
             kernel, adaptation, potential, state, num_samples, warmup_steps, thin,
             progress_bar and process_rank()[0] == 0,
         )  # fmt: skip
-        draws = all_chains(trace.draws.transpose(0, 1))
+        draws = trace.draws.transpose(0, 1)
+        posterior = {"x": draws}
+        if ebm is not None:
+            with torch.no_grad():
+                posterior = {"x": ebm.transform(draws), "z": draws}
+        posterior = {k: all_chains(v) for k, v in posterior.items()}
         stats = {k: all_chains(v.transpose(0, 1)) for k, v in trace.stats.items()}
-        return draws, stats, adaptation.adapted(), grad_evals
+        return posterior, stats, adaptation.adapted(), grad_evals
 
 
 def advance(
